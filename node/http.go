@@ -1,0 +1,473 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/wardsync/wardsync/node/store"
+	"github.com/wardsync/wardsync/schema"
+)
+
+// MaxBodyBytes bounds every request body (413 past it).
+const MaxBodyBytes = 1 << 20
+
+// Handler returns the node's HTTP API.
+func (n *Node) Handler() http.Handler {
+	mux := http.NewServeMux()
+	route := func(pattern string, h http.Handler) { mux.Handle(pattern, n.instrument(pattern, h)) }
+	authed := func(pattern string, h func(http.ResponseWriter, *http.Request, store.Official) error) {
+		route(pattern, n.withAuth(h))
+	}
+	route("GET /healthz", http.HandlerFunc(n.handleHealth))
+	route("GET /metrics", promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{}))
+	authed("POST /v1/dossiers", n.handleCreate)
+	authed("GET /v1/dossiers", n.handleList)
+	authed("GET /v1/dossiers/{id}", n.handleGet)
+	authed("GET /v1/dossiers/{id}/history", n.handleHistory)
+	authed("POST /v1/dossiers/{id}/transitions", n.handleTransition)
+	authed("POST /v1/dossiers/{id}/assign", n.handleAssign)
+	authed("POST /v1/dossiers/{id}/notes", n.handleNote)
+	authed("POST /v1/dossiers/{id}/resolve", n.handleResolve)
+	authed("GET /v1/procedures", n.handleProcedures)
+	authed("GET /v1/officials", n.handleOfficials)
+	authed("POST /v1/officials", n.handleAddOfficial)
+	authed("GET /v1/me", n.handleMe)
+	authed("GET /v1/stats", n.handleStats)
+	// Anything else is a JSON 404, not the mux's text page.
+	route("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, fmt.Errorf("%w: no route %s %s", schema.ErrNotFound, r.Method, r.URL.Path), n.log)
+	}))
+	return mux
+}
+
+// Serve runs the API on addr until ctx ends, then shuts down gracefully.
+// ready, if not nil, receives the bound address (useful with port 0).
+func (n *Node) Serve(ctx context.Context, addr string, ready func(net.Addr)) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	srv := &http.Server{
+		Handler:           n.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
+	}
+	if ready != nil {
+		ready(ln.Addr())
+	}
+	n.log.Info("http api listening", "addr", ln.Addr().String())
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Let in-flight requests (and their fsyncs) finish before the store closes.
+	if err := srv.Shutdown(shutCtx); err != nil {
+		return err
+	}
+	return nil
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.code = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+// instrument counts and times requests and turns a panic into a 500, so no
+// panic reaches a user or takes the node down.
+func (n *Node) instrument(route string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		defer func() {
+			if p := recover(); p != nil {
+				n.log.Error("panic in handler", "route", route, "panic", p, "stack", string(debug.Stack()))
+				writeError(rec, r, fmt.Errorf("internal error"), n.log)
+			}
+			n.metrics.requests.WithLabelValues(route, strconv.Itoa(rec.code)).Inc()
+			n.metrics.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		}()
+		h.ServeHTTP(rec, r)
+	})
+}
+
+func (n *Node) withAuth(h func(http.ResponseWriter, *http.Request, store.Official) error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth := r.Header.Get("Authorization")
+		token, ok := strings.CutPrefix(auth, "Bearer ")
+		if !ok || token == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="wardsync"`)
+			writeError(w, r, fmt.Errorf("%w: send Authorization: Bearer TOKEN", schema.ErrUnauthorized), n.log)
+			return
+		}
+		who, err := n.Authenticate(strings.TrimSpace(token))
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="wardsync", error="invalid_token"`)
+			writeError(w, r, err, n.log)
+			return
+		}
+		if err := h(w, r, who); err != nil {
+			writeError(w, r, err, n.log)
+		}
+	})
+}
+
+// apiError is the body of every error response.
+type apiError struct {
+	Code    string          `json:"code"`
+	Message string          `json:"message"`
+	Field   string          `json:"field,omitempty"`
+	Allowed []schema.Status `json:"allowed,omitempty"`
+}
+
+// writeError is the one place errors become HTTP status codes.
+func writeError(w http.ResponseWriter, r *http.Request, err error, log *slog.Logger) {
+	status, body := http.StatusInternalServerError, apiError{Code: "internal", Message: "internal error"}
+	var fe *schema.FieldError
+	var te *schema.TransitionError
+	var mbe *http.MaxBytesError
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &mbe):
+		status, body = http.StatusRequestEntityTooLarge, apiError{Code: "too_large", Message: fmt.Sprintf("request body is over %d bytes", mbe.Limit)}
+	case errors.As(err, &syn), errors.Is(err, io.ErrUnexpectedEOF):
+		status, body = http.StatusBadRequest, apiError{Code: "malformed_json", Message: "request body is not valid JSON: " + err.Error()}
+	case errors.As(err, &typ):
+		status, body = http.StatusBadRequest, apiError{Code: "invalid_field", Field: typ.Field, Message: fmt.Sprintf("%s must be a %s", typ.Field, typ.Type)}
+	case errors.As(err, &fe):
+		status, body = http.StatusBadRequest, apiError{Code: "invalid_field", Field: fe.Field, Message: fe.Error()}
+	case errors.As(err, &te):
+		status = http.StatusConflict
+		body = apiError{Code: "transition_not_allowed", Message: te.Error(), Allowed: te.Allowed}
+		if te.RoleDenied {
+			status, body.Code = http.StatusForbidden, "role_not_allowed"
+		}
+		if body.Allowed == nil {
+			body.Allowed = []schema.Status{}
+		}
+	case errors.Is(err, schema.ErrInvalid):
+		status, body = http.StatusBadRequest, apiError{Code: "invalid", Message: err.Error()}
+	case errors.Is(err, schema.ErrUnauthorized):
+		status, body = http.StatusUnauthorized, apiError{Code: "unauthorized", Message: err.Error()}
+	case errors.Is(err, schema.ErrForbidden):
+		status, body = http.StatusForbidden, apiError{Code: "forbidden", Message: err.Error()}
+	case errors.Is(err, schema.ErrNotFound):
+		status, body = http.StatusNotFound, apiError{Code: "not_found", Message: err.Error()}
+	case errors.Is(err, schema.ErrConflict):
+		status, body = http.StatusConflict, apiError{Code: "conflict", Message: err.Error()}
+	case errors.Is(err, schema.ErrTooLarge):
+		status, body = http.StatusRequestEntityTooLarge, apiError{Code: "too_large", Message: err.Error()}
+	case errors.Is(err, store.ErrClosed), errors.Is(err, context.Canceled):
+		status, body = http.StatusServiceUnavailable, apiError{Code: "unavailable", Message: "the node is shutting down"}
+	default:
+		log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		if errors.Is(err, store.ErrFailed) {
+			status, body = http.StatusServiceUnavailable, apiError{Code: "storage_failed", Message: "the node's storage failed; nothing was saved. Call city IT."}
+		}
+	}
+	writeJSON(w, status, map[string]apiError{"error": body})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+}
+
+// decodeBody reads one JSON object into v: at most MaxBodyBytes, no
+// unknown fields (a typo must not be silently ignored), nothing after it.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return &schema.FieldError{Field: "Content-Type", Reason: "must be application/json"}
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%w: request body is empty", schema.ErrInvalid)
+		}
+		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			return &schema.FieldError{Field: strings.Trim(f, `"`), Reason: "is not a known field"}
+		}
+		return err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		return fmt.Errorf("%w: request body has data after the JSON object", schema.ErrInvalid)
+	}
+	return nil
+}
+
+func (n *Node) handleHealth(w http.ResponseWriter, r *http.Request) {
+	body := map[string]any{"status": "ok", "node": n.id.Node, "ward": n.id.Ward}
+	if err := n.Healthy(); err != nil {
+		body["status"], body["error"] = "storage_failed", err.Error()
+		writeJSON(w, http.StatusServiceUnavailable, body)
+		return
+	}
+	writeJSON(w, http.StatusOK, body)
+}
+
+func (n *Node) handleCreate(w http.ResponseWriter, r *http.Request, who store.Official) error {
+	var in schema.NewDossier
+	if err := decodeBody(w, r, &in); err != nil {
+		return err
+	}
+	d, err := n.CreateDossier(r.Context(), who, in)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Location", "/v1/dossiers/"+d.ID)
+	writeJSON(w, http.StatusCreated, viewDossier(&d, n.now().UnixMilli(), true))
+	return nil
+}
+
+func (n *Node) handleGet(w http.ResponseWriter, r *http.Request, _ store.Official) error {
+	d, err := n.Dossier(r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, viewDossier(&d, n.now().UnixMilli(), true))
+	return nil
+}
+
+func (n *Node) handleHistory(w http.ResponseWriter, r *http.Request, _ store.Official) error {
+	d, err := n.Dossier(r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"id": d.ID, "items": viewHistory(&d)})
+	return nil
+}
+
+func (n *Node) handleList(w http.ResponseWriter, r *http.Request, _ store.Official) error {
+	q := r.URL.Query()
+	lq := store.ListQuery{Ward: q.Get("ward"), Status: schema.Status(q.Get("status")), Procedure: q.Get("procedure"),
+		Assignee: q.Get("assignee"), Cursor: q.Get("cursor")}
+	if lq.Ward != "" {
+		if _, ok := n.wards.Lookup(lq.Ward); !ok {
+			return &schema.FieldError{Field: "ward", Reason: fmt.Sprintf("unknown ward %q", lq.Ward)}
+		}
+	}
+	if lq.Status != "" && !lq.Status.Valid() {
+		return &schema.FieldError{Field: "status", Reason: fmt.Sprintf("unknown status %q", lq.Status)}
+	}
+	if lq.Procedure != "" {
+		if _, ok := n.catalog.Lookup(lq.Procedure); !ok {
+			return &schema.FieldError{Field: "procedure", Reason: fmt.Sprintf("unknown procedure %q", lq.Procedure)}
+		}
+	}
+	switch q.Get("overdue") {
+	case "", "false":
+	case "true":
+		lq.OverdueAt = n.now().UnixMilli()
+	default:
+		return &schema.FieldError{Field: "overdue", Reason: "must be true or false"}
+	}
+	if s := q.Get("limit"); s != "" {
+		l, err := strconv.Atoi(s)
+		if err != nil || l < 1 || l > 500 {
+			return &schema.FieldError{Field: "limit", Reason: "must be a number from 1 to 500"}
+		}
+		lq.Limit = l
+	}
+	items, next, err := n.List(lq)
+	if err != nil {
+		return err
+	}
+	now := n.now().UnixMilli()
+	views := make([]dossierView, 0, len(items))
+	for i := range items {
+		views = append(views, viewDossier(&items[i], now, false))
+	}
+	var nc *string
+	if next != "" {
+		nc = &next
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"items": views, "next_cursor": nc})
+	return nil
+}
+
+func (n *Node) handleTransition(w http.ResponseWriter, r *http.Request, who store.Official) error {
+	var in struct {
+		To   schema.Status `json:"to"`
+		Note string        `json:"note"`
+	}
+	if err := decodeBody(w, r, &in); err != nil {
+		return err
+	}
+	if in.To == "" {
+		return &schema.FieldError{Field: "to", Reason: "is required"}
+	}
+	d, err := n.Transition(r.Context(), who, r.PathValue("id"), in.To, in.Note)
+	return n.respondDossier(w, d, err)
+}
+
+func (n *Node) handleAssign(w http.ResponseWriter, r *http.Request, who store.Official) error {
+	var in struct {
+		Official string `json:"official"`
+	}
+	if err := decodeBody(w, r, &in); err != nil {
+		return err
+	}
+	d, err := n.Assign(r.Context(), who, r.PathValue("id"), in.Official)
+	return n.respondDossier(w, d, err)
+}
+
+func (n *Node) handleNote(w http.ResponseWriter, r *http.Request, who store.Official) error {
+	var in struct {
+		Text string `json:"text"`
+	}
+	if err := decodeBody(w, r, &in); err != nil {
+		return err
+	}
+	d, err := n.Annotate(r.Context(), who, r.PathValue("id"), in.Text)
+	return n.respondDossier(w, d, err)
+}
+
+func (n *Node) handleResolve(w http.ResponseWriter, r *http.Request, who store.Official) error {
+	var in struct {
+		Conflict string        `json:"conflict"`
+		To       schema.Status `json:"to"`
+		Note     string        `json:"note"`
+	}
+	if err := decodeBody(w, r, &in); err != nil {
+		return err
+	}
+	d, err := n.Resolve(r.Context(), who, r.PathValue("id"), in.Conflict, in.To, in.Note)
+	return n.respondDossier(w, d, err)
+}
+
+func (n *Node) respondDossier(w http.ResponseWriter, d schema.Dossier, err error) error {
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, viewDossier(&d, n.now().UnixMilli(), true))
+	return nil
+}
+
+func (n *Node) handleProcedures(w http.ResponseWriter, r *http.Request, _ store.Official) error {
+	type item struct {
+		Code           string `json:"code"`
+		NameVI         string `json:"name_vi"`
+		NameEN         string `json:"name_en"`
+		ProcessingDays int    `json:"processing_days"`
+	}
+	items := []item{}
+	for _, p := range n.catalog.All() {
+		items = append(items, item{p.Code, p.NameVI, p.NameEN, p.ProcessingDays})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"items": items})
+	return nil
+}
+
+func (n *Node) handleOfficials(w http.ResponseWriter, r *http.Request, who store.Official) error {
+	if who.Role != schema.RoleAdmin {
+		return fmt.Errorf("%w: only an admin lists officials", schema.ErrForbidden)
+	}
+	all, err := n.Officials()
+	if err != nil {
+		return err
+	}
+	items := make([]officialView, 0, len(all))
+	for _, o := range all {
+		items = append(items, viewOfficial(o, ""))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"items": items})
+	return nil
+}
+
+func (n *Node) handleAddOfficial(w http.ResponseWriter, r *http.Request, who store.Official) error {
+	if who.Role != schema.RoleAdmin {
+		// Checked before the body is read, so a clerk learns nothing else.
+		return fmt.Errorf("%w: only an admin adds officials", schema.ErrForbidden)
+	}
+	var in struct {
+		ID   string      `json:"id"`
+		Name string      `json:"name"`
+		Role schema.Role `json:"role"`
+	}
+	if err := decodeBody(w, r, &in); err != nil {
+		return err
+	}
+	o, token, err := n.AddOfficial(r.Context(), who, in.ID, in.Name, in.Role)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, viewOfficial(o, token))
+	return nil
+}
+
+func (n *Node) handleMe(w http.ResponseWriter, r *http.Request, who store.Official) error {
+	writeJSON(w, http.StatusOK, map[string]any{"official": viewOfficial(who, ""), "node": n.id.Node, "ward": n.id.Ward})
+	return nil
+}
+
+func (n *Node) handleStats(w http.ResponseWriter, r *http.Request, _ store.Official) error {
+	ward := r.URL.Query().Get("ward")
+	if ward != "" {
+		if _, ok := n.wards.Lookup(ward); !ok {
+			return &schema.FieldError{Field: "ward", Reason: fmt.Sprintf("unknown ward %q", ward)}
+		}
+	} else {
+		ward = n.id.Ward
+	}
+	st, overdue, err := n.Stats(ward)
+	if err != nil {
+		return err
+	}
+	type procStat struct {
+		Code       string   `json:"code"`
+		Decided    int64    `json:"decided"`
+		OnTime     int64    `json:"on_time"`
+		OnTimeRate *float64 `json:"on_time_rate"`
+	}
+	procs := []procStat{}
+	for _, p := range n.catalog.All() {
+		ps := st.ByProcedure[p.Code]
+		s := procStat{Code: p.Code, Decided: ps.Decided, OnTime: ps.OnTime}
+		if ps.Decided > 0 {
+			rate := float64(ps.OnTime) / float64(ps.Decided)
+			s.OnTimeRate = &rate
+		}
+		procs = append(procs, s)
+	}
+	var total int64
+	for _, c := range st.ByStatus {
+		total += c
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"ward": ward, "total": total, "by_status": st.ByStatus, "overdue": overdue, "procedures": procs,
+	})
+	return nil
+}

@@ -1,0 +1,213 @@
+package node
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wardsync/wardsync/node/store"
+	"github.com/wardsync/wardsync/schema"
+)
+
+// Config is everything a ward node needs to open.
+type Config struct {
+	Dir           string
+	EncryptionKey []byte
+	Catalog       *schema.Catalog      // nil: the embedded catalog
+	Calendar      *schema.Calendar     // nil: the embedded calendar
+	Wards         *schema.WardRegistry // nil: the embedded registry
+	Logger        *slog.Logger
+	// Now is the wall clock (tests move it); nil means time.Now.
+	Now func() time.Time
+	// MaxDrift bounds how far ahead a remote HLC may be (0: default).
+	MaxDrift time.Duration
+	// SkipLogCheck is set only by `ward repair`.
+	SkipLogCheck bool
+}
+
+// Node is an open ward node.
+type Node struct {
+	store    *store.Store
+	id       store.Identity
+	catalog  *schema.Catalog
+	calendar *schema.Calendar
+	wards    *schema.WardRegistry
+	clock    *schema.Clock
+	now      func() time.Time
+	log      *slog.Logger
+	metrics  *metrics
+}
+
+func (c *Config) defaults() {
+	if c.Catalog == nil {
+		c.Catalog = schema.DefaultCatalog()
+	}
+	if c.Calendar == nil {
+		c.Calendar = schema.DefaultCalendar()
+	}
+	if c.Wards == nil {
+		c.Wards = schema.DefaultWards()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+var (
+	nodeIDRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
+	seriesRe = regexp.MustCompile(`^[A-Z0-9]{1,8}$`)
+)
+
+// InitParams are the inputs of `ward init`.
+type InitParams struct {
+	Ward      string
+	Node      string
+	Series    string // "" derives it from Node
+	AdminName string
+}
+
+// InitResult is what `ward init` prints.
+type InitResult struct {
+	Node       string `json:"node"`
+	Ward       string `json:"ward"`
+	Series     string `json:"series"`
+	AdminID    string `json:"admin_id"`
+	AdminToken string `json:"admin_token"`
+}
+
+// Init creates a node's data dir: its identity (ed25519 key, receipt
+// series) and its first admin. It refuses an initialized dir.
+func Init(ctx context.Context, cfg Config, p InitParams) (InitResult, error) {
+	cfg.defaults()
+	if _, ok := cfg.Wards.Lookup(p.Ward); !ok {
+		return InitResult{}, &schema.FieldError{Field: "ward", Reason: fmt.Sprintf("unknown ward %q (see the ward registry)", p.Ward)}
+	}
+	if !nodeIDRe.MatchString(p.Node) {
+		return InitResult{}, &schema.FieldError{Field: "node", Reason: "must be 1-32 lower-case letters, digits and -, starting with a letter or digit"}
+	}
+	series := p.Series
+	if series == "" {
+		series = strings.ToUpper(strings.ReplaceAll(p.Node, "-", ""))
+	}
+	if !seriesRe.MatchString(series) {
+		return InitResult{}, &schema.FieldError{Field: "series", Reason: fmt.Sprintf("%q must be 1-8 upper-case letters or digits (set --series)", series)}
+	}
+	if p.AdminName == "" {
+		p.AdminName = "Administrator"
+	}
+	if err := schema.ValidateText("admin-name", p.AdminName, schema.MaxNameLen, true); err != nil {
+		return InitResult{}, err
+	}
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return InitResult{}, err
+	}
+	st, err := store.Open(store.Options{Dir: cfg.Dir, EncryptionKey: cfg.EncryptionKey, Logger: cfg.Logger, Create: true})
+	if err != nil {
+		return InitResult{}, err
+	}
+	defer st.Close()
+	token, hash := newToken()
+	admin := store.Official{ID: "admin", Name: p.AdminName, Role: schema.RoleAdmin, TokenHash: hash, CreatedAt: cfg.Now().UTC()}
+	id := store.Identity{Node: p.Node, Ward: p.Ward, Series: series, PublicKey: pub, PrivateKey: priv, CreatedAt: cfg.Now().UTC()}
+	err = st.Write(ctx, func(tx *store.Tx) error {
+		if err := tx.PutIdentity(id); err != nil {
+			return err
+		}
+		return tx.PutOfficial(admin)
+	})
+	if err != nil {
+		return InitResult{}, err
+	}
+	return InitResult{Node: p.Node, Ward: p.Ward, Series: series, AdminID: admin.ID, AdminToken: token}, st.Close()
+}
+
+// Open opens an initialized node.
+func Open(cfg Config) (*Node, error) {
+	cfg.defaults()
+	st, err := store.Open(store.Options{Dir: cfg.Dir, EncryptionKey: cfg.EncryptionKey, Logger: cfg.Logger, SkipLogCheck: cfg.SkipLogCheck})
+	if err != nil {
+		return nil, err
+	}
+	var id store.Identity
+	var floor schema.HLC
+	err = st.View(func(tx *store.Tx) error {
+		var err error
+		if id, err = tx.Identity(); err != nil {
+			return err
+		}
+		floor, err = tx.HLCFloor()
+		return err
+	})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	if _, ok := cfg.Wards.Lookup(id.Ward); !ok {
+		st.Close()
+		return nil, fmt.Errorf("node: ward %s of this node is not in the ward registry", id.Ward)
+	}
+	n := &Node{
+		store: st, id: id, catalog: cfg.Catalog, calendar: cfg.Calendar, wards: cfg.Wards,
+		clock: schema.NewClock(cfg.Now, floor, cfg.MaxDrift), now: cfg.Now,
+		log: cfg.Logger.With("node", id.Node, "ward", id.Ward),
+	}
+	n.metrics = newMetrics(n)
+	st.OnCommit(n.metrics.observeCommit)
+	if !n.calendar.Covers(n.now()) {
+		n.log.Warn("holiday calendar does not cover this year; due dates count weekends only (pass --holidays FILE)")
+	}
+	return n, nil
+}
+
+// Close closes the store. It is idempotent.
+func (n *Node) Close() error { return n.store.Close() }
+
+// Identity returns the node's identity without its private key.
+func (n *Node) Identity() store.Identity {
+	id := n.id
+	id.PrivateKey = nil
+	return id
+}
+
+// Store exposes the store to the layers above (replication, benchmarks).
+func (n *Node) Store() *store.Store { return n.store }
+
+// Registry returns the node's Prometheus registry.
+func (n *Node) Registry() *prometheus.Registry { return n.metrics.reg }
+
+// Catalog returns the procedure catalog in use.
+func (n *Node) Catalog() *schema.Catalog { return n.catalog }
+
+// Healthy returns the store's sticky failure, if any.
+func (n *Node) Healthy() error { return n.store.Err() }
+
+// newDossierID mints a ULID: sortable by creation time, so listing newest
+// first is a reverse key scan.
+func (n *Node) newDossierID() string {
+	return ulid.MustNew(ulid.Timestamp(n.now()), rand.Reader).String()
+}
+
+// ValidDossierID reports whether s is a well-formed dossier ID, checked
+// before it is used in a key.
+func ValidDossierID(s string) bool {
+	_, err := ulid.ParseStrict(s)
+	return err == nil
+}
+
+var errNoDossier = fmt.Errorf("%w: no such dossier", schema.ErrNotFound)
+
+func actorOf(o store.Official) schema.Actor {
+	return schema.Actor{ID: o.ID, Name: o.Name, Role: o.Role}
+}

@@ -1,0 +1,129 @@
+package store
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/wardsync/wardsync/schema"
+)
+
+// Key families. Each starts with a short prefix ending in '/'; the parts
+// after it are joined by sep (0x00), which sorts before every printable
+// byte, so a prefix scan of one ward or status never runs into the next.
+//
+//	m/<name>                         node metadata (identity, seq, hlc, prev hash)
+//	o/<origin> 0 <seq:8>             encoded op, by origin and gapless seq
+//	do/<dossier> 0 <hlc:8><origin> 0 <seq:8>   op index by dossier, fold order
+//	d/<dossier>                      materialized dossier (schema.EncodeDossier)
+//	xs/<ward> 0 <status> 0 <dossier> index: ward + status
+//	xd/<due:8> 0 <dossier>           index: due time of open dossiers
+//	xa/<assignee> 0 <dossier>        index: assignee
+//	r/<yyyymmdd>                     receipt counter for that local date
+//	t/s/<ward> 0 <status>            count of dossiers per ward and status
+//	t/p/<procedure> 0 <decided|ontime>  counts for the on-time rate
+//	u/<official>                     official (role, name, token hash)
+//	ut/<token sha256>                official ID for a token hash
+const sep = 0x00
+
+var (
+	prefixMeta       = []byte("m/")
+	prefixOp         = []byte("o/")
+	prefixDossierOps = []byte("do/")
+	prefixDossier    = []byte("d/")
+	prefixByStatus   = []byte("xs/")
+	prefixByDue      = []byte("xd/")
+	prefixByAssignee = []byte("xa/")
+	prefixReceipt    = []byte("r/")
+	prefixStatusCnt  = []byte("t/s/")
+	prefixProcCnt    = []byte("t/p/")
+	prefixOfficial   = []byte("u/")
+	prefixToken      = []byte("ut/")
+)
+
+// Metadata keys.
+var (
+	keyIdentity = metaKey("identity")
+	keySeq      = metaKey("seq")
+	keyHLC      = metaKey("hlc")
+	keyPrev     = metaKey("prev")
+	keyFormat   = metaKey("format")
+)
+
+// formatVersion is the key layout version written at init. A node refuses
+// a data dir of another version instead of misreading it.
+const formatVersion = 1
+
+func metaKey(name string) []byte { return cat(prefixMeta, name) }
+
+// cat joins parts into a fresh key. Parts are []byte, string, or uint64
+// (8 bytes big-endian, so numbers sort as numbers).
+func cat(prefix []byte, parts ...any) []byte {
+	k := append([]byte(nil), prefix...)
+	for i, p := range parts {
+		if i > 0 {
+			k = append(k, sep)
+		}
+		switch v := p.(type) {
+		case string:
+			k = append(k, v...)
+		case []byte:
+			k = append(k, v...)
+		case uint64:
+			k = binary.BigEndian.AppendUint64(k, v)
+		default:
+			panic(fmt.Sprintf("store: key part of type %T", p))
+		}
+	}
+	return k
+}
+
+func opKey(id schema.OpID) []byte { return cat(prefixOp, id.Origin, id.Seq) }
+
+func opsOfOriginPrefix(origin string) []byte { return append(cat(prefixOp, origin), sep) }
+
+func dossierOpKey(op *schema.Op) []byte {
+	k := cat(prefixDossierOps, op.Dossier, uint64(op.HLC))
+	k = append(k, op.ID.Origin...)
+	k = append(k, sep)
+	return binary.BigEndian.AppendUint64(k, op.ID.Seq)
+}
+
+func dossierOpsPrefix(dossier string) []byte { return append(cat(prefixDossierOps, dossier), sep) }
+
+func dossierKey(id string) []byte { return cat(prefixDossier, id) }
+
+func statusIndexKey(ward string, st schema.Status, id string) []byte {
+	return cat(prefixByStatus, ward, string(st), id)
+}
+
+func statusIndexPrefix(ward string, st schema.Status) []byte {
+	return append(cat(prefixByStatus, ward, string(st)), sep)
+}
+
+func dueIndexKey(due int64, id string) []byte { return cat(prefixByDue, uint64(due), id) }
+
+func assigneeIndexKey(official, id string) []byte { return cat(prefixByAssignee, official, id) }
+
+func assigneeIndexPrefix(official string) []byte { return append(cat(prefixByAssignee, official), sep) }
+
+func receiptKey(date string) []byte { return cat(prefixReceipt, date) }
+
+func statusCountKey(ward string, st schema.Status) []byte {
+	return cat(prefixStatusCnt, ward, string(st))
+}
+
+func procCountKey(proc, what string) []byte { return cat(prefixProcCnt, proc, what) }
+
+func officialKey(id string) []byte { return cat(prefixOfficial, id) }
+
+func tokenKey(hash []byte) []byte { return cat(prefixToken, hash) }
+
+// lastPart returns what follows the last separator of k.
+func lastPart(k []byte) []byte {
+	for i := len(k) - 1; i >= 0; i-- {
+		if k[i] == sep {
+			return k[i+1:]
+		}
+	}
+	return k
+}

@@ -1,0 +1,607 @@
+package store
+
+// Why this file exists
+//
+// When badger v4 opens a directory after a crash it replays every memtable
+// write-ahead log (*.mem) and the newest value log (*.vlog). At the first
+// entry that does not decode or fails its CRC it stops and truncates the file
+// there, without an error and without a log line we can act on (see
+// memtable.go UpdateSkipList, logFile.iterate and value.go safeRead.Entry in
+// badger v4.9.6). For a torn tail — the last write, never fsynced and so
+// never acknowledged — that is exactly right. For damage in the middle of a
+// log (bit rot, a bad sector, a zeroed block) it is not: every entry after the
+// damage is dropped, acknowledged writes included.
+//
+// Our rule is: never silently truncate. CheckLogs runs before badger.Open,
+// reads the logs the way badger will, and tells the two cases apart. A torn
+// tail is reported and badger is allowed to trim it; damage followed by valid
+// entries makes the ward refuse to start with a message that says how to
+// recover. Quarantine keeps a copy of the damaged files for an operator who
+// chooses to accept the loss.
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2/z"
+)
+
+// ErrLogDamaged is returned (wrapped in *LogDamageError) when a log has valid
+// entries after a bad one.
+var ErrLogDamaged = errors.New("store: log damaged")
+
+// LogDamageError reports a badger log that has a bad entry followed by valid
+// ones. Opening the directory with badger would silently drop those entries.
+type LogDamageError struct {
+	File        string // path of the damaged file
+	Offset      int64  // byte offset of the first bad entry
+	EntriesLost int    // valid entries found after it (they would be dropped by a truncate)
+}
+
+// Error describes the damage and how to recover from it.
+func (e *LogDamageError) Error() string {
+	dir := filepath.Dir(e.File)
+	return fmt.Sprintf("store: log damaged: %s has a bad entry at byte offset %d "+
+		"followed by %d valid log entries that opening the store would silently drop "+
+		"(counting badger's per-transaction commit markers); refusing to start. "+
+		"To recover, restore %s from a backup (see docs/operations.md), "+
+		"or run `wardsync ward repair --data %s` to keep a copy of the damaged files "+
+		"and accept the loss; ops already pushed to the city can be pulled back",
+		e.File, e.Offset, e.EntriesLost, dir, dir)
+}
+
+// Unwrap makes errors.Is(err, ErrLogDamaged) true.
+func (e *LogDamageError) Unwrap() error { return ErrLogDamaged }
+
+// TornTail describes a harmless partial write at the end of a log (never
+// acknowledged). Badger will cut the file at Offset when it opens it.
+type TornTail struct {
+	File   string // path of the log file
+	Offset int64  // byte offset of the first entry that does not decode
+	Bytes  int64  // bytes from Offset up to and including the last non-zero byte
+}
+
+// Layout of badger v4 log files (memtable WALs and value logs alike):
+//
+//	file:  keyID (8) | baseIV (12) | entry | entry | ... | zero padding
+//	entry: meta (1) | userMeta (1) | uvarint klen | uvarint vlen |
+//	       uvarint expiresAt | key | value | CRC32-C big-endian (4)
+//
+// The CRC covers header, key and value as they are on disk (encrypted when
+// encryption at rest is on). badger decodes the uvarints with
+// binary.ReadUvarint and then truncates klen and vlen to uint32; it stops at
+// klen > 1<<16, at a short read, at a CRC mismatch, and at an entry with an
+// empty key (what an all-zero header decodes to).
+const (
+	logHeaderSize = 20      // badger vlogHeaderSize
+	maxLogKeyLen  = 1 << 16 // safeRead.Entry: klen above this means "truncate"
+	crcLen        = 4
+	minEntryLen   = 2 + 1 + 1 + 1 + 1 + crcLen // header with 1-byte uvarints, 1-byte key, CRC
+
+	// Meta bits badger v4.9.6 never sets (value.go: bits 0-3, 6 and 7 are used,
+	// and bitTxn and bitFinTxn never together). Used only to cut down
+	// candidates in the forward search, never when walking the log the way
+	// badger does. Re-check when upgrading badger.
+	unusedMetaBits = 1<<4 | 1<<5
+	txnMetaBits    = 1<<6 | 1<<7
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// CheckLogs scans every *.mem and *.vlog file in dir (a badger directory; no
+// badger instance may have it open for writing at the same time — it is called
+// before badger.Open) without modifying anything.
+//
+// Each file is walked from offset 20 exactly as badger decodes it. Where the
+// walk stops, the rest of the file is searched for any offset at which a
+// complete, valid entry (correct CRC, non-empty key) decodes. If there is one,
+// the stop was damage, not the end of the log, and CheckLogs returns a
+// *LogDamageError (for the first damaged file in name order). If there is none
+// but non-zero bytes follow the stop, it is a torn tail and is returned in the
+// []TornTail result. A stop followed only by zero bytes (badger's preallocated
+// padding) or by the end of the file is a clean end.
+//
+// Missing dir or no log files → nil, nil.
+func CheckLogs(dir string) ([]TornTail, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: check logs: %w", err)
+	}
+	var tails []TornTail
+	var damage error
+	for _, de := range entries {
+		name := de.Name()
+		if !strings.HasSuffix(name, ".mem") && !strings.HasSuffix(name, ".vlog") {
+			continue
+		}
+		if !de.Type().IsRegular() {
+			continue
+		}
+		path := filepath.Join(dir, name)
+		res, err := checkLogFile(path)
+		if err != nil {
+			return tails, err
+		}
+		if res.damaged {
+			if damage == nil {
+				damage = &LogDamageError{File: path, Offset: res.stop, EntriesLost: res.lost}
+			}
+			continue
+		}
+		if res.tailBytes > 0 {
+			tails = append(tails, TornTail{File: path, Offset: res.stop, Bytes: res.tailBytes})
+		}
+	}
+	return tails, damage
+}
+
+// logScan is the verdict for one file.
+type logScan struct {
+	valid     int   // entries badger will replay
+	stop      int64 // offset where badger stops reading
+	damaged   bool  // valid entries exist after stop
+	lost      int   // how many
+	tailBytes int64 // torn tail length (0 when clean)
+}
+
+// checkLogFile maps path read-only and scans it.
+func checkLogFile(path string) (res logScan, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return res, fmt.Errorf("store: check logs: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return res, fmt.Errorf("store: check logs: %w", err)
+	}
+	size := fi.Size()
+	if size <= logHeaderSize {
+		// badger re-initialises such a file; there are no entries to lose.
+		return logScan{stop: size}, nil
+	}
+	if int64(int(size)) != size {
+		return res, fmt.Errorf("store: check logs: %s: file too large to map (%d bytes)", path, size)
+	}
+	data, err := z.Mmap(f, false, size)
+	if err != nil {
+		return res, fmt.Errorf("store: check logs: mmap %s: %w", path, err)
+	}
+	defer z.Munmap(data) //nolint:errcheck // read-only mapping
+
+	// A read error on a mapped file (bad sector, file truncated under us)
+	// arrives as SIGBUS. Turn it into an error instead of a crash.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			if re, ok := r.(runtime.Error); ok {
+				if _, isFault := re.(interface{ Addr() uintptr }); isFault {
+					err = fmt.Errorf("store: check logs: %s: read error: %v", path, re)
+					return
+				}
+			}
+			panic(r)
+		}
+	}()
+	return scanLog(data), nil
+}
+
+// scanLog classifies one log file's bytes. It never modifies data.
+func scanLog(data []byte) logScan {
+	var res logScan
+	if len(data) <= logHeaderSize {
+		res.stop = int64(len(data))
+		return res
+	}
+	res.valid, res.stop = walkEntries(data, logHeaderSize)
+	stop := int(res.stop)
+
+	last := lastNonZero(data, stop)
+	if last < 0 {
+		return res // EOF or only zero padding after the last entry: clean end
+	}
+	s := &searcher{data: data, limit: last}
+	p, found := s.next(stop + 1)
+	if !found {
+		res.tailBytes = int64(last + 1 - stop)
+		return res
+	}
+	res.damaged = true
+	for found {
+		n, end := walkEntries(data, p)
+		res.lost += n
+		p, found = s.next(int(end) + 1)
+	}
+	return res
+}
+
+// walkEntries decodes consecutive entries from off the way badger's
+// logFile.iterate does and returns how many decoded and where it stopped.
+func walkEntries(data []byte, off int) (int, int64) {
+	n := 0
+	for {
+		l, ok := entryAt(data, off)
+		if !ok {
+			return n, int64(off)
+		}
+		n++
+		off += l
+	}
+}
+
+// decodeHeader decodes an entry header at data[off:] like header.DecodeFrom
+// followed by badger's uint32 conversions. ok is false when the bytes end or a
+// uvarint overflows (both stop badger).
+func decodeHeader(data []byte, off int) (meta byte, hlen int, klen, vlen uint32, ok bool) {
+	if off < 0 || off+2 > len(data) {
+		return 0, 0, 0, 0, false
+	}
+	meta = data[off]
+	i := off + 2
+	k, n := binary.Uvarint(data[i:])
+	if n <= 0 {
+		return 0, 0, 0, 0, false
+	}
+	i += n
+	v, n := binary.Uvarint(data[i:])
+	if n <= 0 {
+		return 0, 0, 0, 0, false
+	}
+	i += n
+	if _, n = binary.Uvarint(data[i:]); n <= 0 { // expiresAt
+		return 0, 0, 0, 0, false
+	}
+	i += n
+	return meta, i - off, uint32(k), uint32(v), true
+}
+
+// bodyLen checks the decoded lengths the way safeRead.Entry would and returns
+// the length of header+key+value, or false when badger would stop here.
+func bodyLen(data []byte, off, hlen int, klen, vlen uint32) (int, bool) {
+	if klen == 0 || klen > maxLogKeyLen {
+		// klen 0: badger's e.isZero() (or a CRC failure on an all-zero header).
+		return 0, false
+	}
+	kv := uint64(klen) + uint64(vlen)
+	if kv > 1<<32-1 {
+		// badger computes klen+vlen in uint32; on wraparound it would panic
+		// slicing the key. Treat it as a bad entry.
+		return 0, false
+	}
+	m := uint64(hlen) + kv
+	if m+crcLen > uint64(len(data)-off) {
+		return 0, false // short read: badger's errTruncate / ErrUnexpectedEOF
+	}
+	return int(m), true
+}
+
+// entryAt reports whether a complete valid entry starts at off and its length.
+func entryAt(data []byte, off int) (int, bool) {
+	_, hlen, klen, vlen, ok := decodeHeader(data, off)
+	if !ok {
+		return 0, false
+	}
+	m, ok := bodyLen(data, off, hlen, klen, vlen)
+	if !ok {
+		return 0, false
+	}
+	if crc32.Update(0, castagnoli, data[off:off+m]) != binary.BigEndian.Uint32(data[off+m:]) {
+		return 0, false
+	}
+	return m + crcLen, true
+}
+
+// searcher finds the next offset at which a complete valid entry decodes.
+//
+// Candidates are filtered cheaply first: the first byte of klen must be
+// non-zero (klen > 0), so runs of zeros are skipped a block at a time; the
+// header must decode; meta must be one badger can write; klen ≤ 1<<16; the
+// entry must fit in the file. Only then is the CRC checked. Short entries are
+// hashed directly; long ones (a garbage vlen can claim most of the file) are
+// checked in O(1) via prefix CRCs and CRC shifting, so the search is linear in
+// the file size and does not allocate per candidate.
+type searcher struct {
+	data  []byte
+	limit int // index of the last non-zero byte; no entry can start after limit-2
+	pre   *prefixCRC
+}
+
+// directCRCMax is the body length up to which a candidate is hashed directly.
+const directCRCMax = 2048
+
+func (s *searcher) next(from int) (int, bool) {
+	data := s.data
+	for p := from; p+minEntryLen <= len(data) && p+2 <= s.limit; p++ {
+		if data[p+2] == 0 {
+			q := nextNonZero(data, p+2)
+			p = q - 2
+			if p+minEntryLen > len(data) || p+2 > s.limit {
+				break
+			}
+		}
+		meta, hlen, klen, vlen, ok := decodeHeader(data, p)
+		if !ok || meta&unusedMetaBits != 0 || meta&txnMetaBits == txnMetaBits {
+			continue
+		}
+		m, ok := bodyLen(data, p, hlen, klen, vlen)
+		if !ok {
+			continue
+		}
+		want := binary.BigEndian.Uint32(data[p+m:])
+		var got uint32
+		if m <= directCRCMax {
+			got = crc32.Update(0, castagnoli, data[p:p+m])
+		} else {
+			if s.pre == nil {
+				s.pre = newPrefixCRC(data, from)
+			}
+			got = s.pre.rangeCRC(p, p+m)
+		}
+		if got == want {
+			return p, true
+		}
+	}
+	return 0, false
+}
+
+var zeroBlock [4096]byte
+
+// nextNonZero returns the index of the first non-zero byte at or after i, or
+// len(b).
+func nextNonZero(b []byte, i int) int {
+	for i+len(zeroBlock) <= len(b) && bytes.Equal(b[i:i+len(zeroBlock)], zeroBlock[:]) {
+		i += len(zeroBlock)
+	}
+	for i+8 <= len(b) && binary.LittleEndian.Uint64(b[i:]) == 0 {
+		i += 8
+	}
+	for i < len(b) && b[i] == 0 {
+		i++
+	}
+	return i
+}
+
+// lastNonZero returns the index of the last non-zero byte at or after from,
+// or -1.
+func lastNonZero(b []byte, from int) int {
+	i := len(b)
+	for i-len(zeroBlock) >= from && bytes.Equal(b[i-len(zeroBlock):i], zeroBlock[:]) {
+		i -= len(zeroBlock)
+	}
+	for i-8 >= from && binary.LittleEndian.Uint64(b[i-8:]) == 0 {
+		i -= 8
+	}
+	for i > from && b[i-1] == 0 {
+		i--
+	}
+	if i <= from {
+		return -1
+	}
+	return i - 1
+}
+
+// prefixCRC gives the CRC32-C of any data[i:j] (base ≤ i ≤ j) in O(1).
+//
+// With C(k) = crc(data[base:k]), CRC linearity gives
+//
+//	crc(data[i:j]) = C(j) ^ shift(C(i), j-i)
+//
+// where shift multiplies by x^(8n) modulo the polynomial (zlib's
+// crc32_combine). C is kept at checkpoints every prefixStride bytes, extended
+// lazily, and finished with at most prefixStride bytes of direct hashing.
+type prefixCRC struct {
+	data []byte
+	base int
+	cps  []uint32 // cps[k] = crc(data[base : base+k*prefixStride])
+}
+
+const prefixStride = 512
+
+func newPrefixCRC(data []byte, base int) *prefixCRC {
+	return &prefixCRC{data: data, base: base, cps: []uint32{0}}
+}
+
+func (p *prefixCRC) prefix(i int) uint32 {
+	k := (i - p.base) / prefixStride
+	for len(p.cps) <= k {
+		n := len(p.cps) - 1
+		start := p.base + n*prefixStride
+		p.cps = append(p.cps, crc32.Update(p.cps[n], castagnoli, p.data[start:start+prefixStride]))
+	}
+	start := p.base + k*prefixStride
+	return crc32.Update(p.cps[k], castagnoli, p.data[start:i])
+}
+
+func (p *prefixCRC) rangeCRC(i, j int) uint32 {
+	return p.prefix(j) ^ crcShift(p.prefix(i), uint64(j-i))
+}
+
+// GF(2) arithmetic for CRC32-C in reflected bit order (as in zlib).
+const castagnoliReflected = 0x82F63B78
+
+// gfMul returns a*b modulo the Castagnoli polynomial.
+func gfMul(a, b uint32) uint32 {
+	if a == 0 {
+		return 0
+	}
+	var p uint32
+	m := uint32(1) << 31
+	for {
+		if a&m != 0 {
+			p ^= b
+			if a&(m-1) == 0 {
+				return p
+			}
+		}
+		m >>= 1
+		if b&1 != 0 {
+			b = b>>1 ^ castagnoliReflected
+		} else {
+			b >>= 1
+		}
+	}
+}
+
+var (
+	shiftTabOnce sync.Once
+	shiftLo      []uint32 // x^(8n) for n < 1<<16
+	shiftHi      []uint32 // x^(8n·2^16) for n < 1<<16
+)
+
+func buildShiftTables() {
+	const one = uint32(1) << 31 // x^0
+	x := uint32(1) << 30        // x^1
+	x8 := gfMul(gfMul(x, x), gfMul(x, x))
+	x8 = gfMul(x8, x8) // x^8
+	shiftLo = make([]uint32, 1<<16)
+	shiftLo[0] = one
+	for i := 1; i < len(shiftLo); i++ {
+		shiftLo[i] = gfMul(x8, shiftLo[i-1])
+	}
+	step := gfMul(x8, shiftLo[len(shiftLo)-1]) // x^(8·2^16)
+	shiftHi = make([]uint32, 1<<16)
+	shiftHi[0] = one
+	for i := 1; i < len(shiftHi); i++ {
+		shiftHi[i] = gfMul(step, shiftHi[i-1])
+	}
+}
+
+// crcShift returns crc as if n zero bytes had been appended to the raw CRC
+// register, i.e. crc·x^(8n) mod P. n must be < 2^32.
+func crcShift(crc uint32, n uint64) uint32 {
+	shiftTabOnce.Do(buildShiftTables)
+	return gfMul(gfMul(shiftLo[n&0xFFFF], shiftHi[(n>>16)&0xFFFF]), crc)
+}
+
+// Quarantine copies every *.mem, *.vlog and MANIFEST file in dir (plus
+// KEYREGISTRY, without which encrypted logs cannot be read) into
+// dir/../<base>-damaged-<UTC timestamp>/ (0700, files fsynced), so an
+// operator who accepts the loss keeps the evidence. Holes in sparse files stay
+// holes. The originals are not modified. Returns that directory.
+func Quarantine(dir string, now time.Time) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("store: quarantine: %w", err)
+	}
+	entries, err := os.ReadDir(abs)
+	if err != nil {
+		return "", fmt.Errorf("store: quarantine: %w", err)
+	}
+	var names []string
+	for _, de := range entries {
+		name := de.Name()
+		if !de.Type().IsRegular() {
+			continue
+		}
+		if strings.HasSuffix(name, ".mem") || strings.HasSuffix(name, ".vlog") ||
+			name == "MANIFEST" || name == "KEYREGISTRY" {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+
+	parent := filepath.Dir(abs)
+	stem := filepath.Base(abs) + "-damaged-" + now.UTC().Format("20060102T150405Z")
+	dest := filepath.Join(parent, stem)
+	for i := 2; ; i++ {
+		err = os.Mkdir(dest, 0o700)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, fs.ErrExist) || i > 100 {
+			return "", fmt.Errorf("store: quarantine: %w", err)
+		}
+		dest = filepath.Join(parent, fmt.Sprintf("%s-%d", stem, i))
+	}
+	for _, name := range names {
+		if err := copyFileSync(filepath.Join(abs, name), filepath.Join(dest, name)); err != nil {
+			return dest, fmt.Errorf("store: quarantine: %w", err)
+		}
+	}
+	if err := syncDir(dest); err != nil {
+		return dest, fmt.Errorf("store: quarantine: %w", err)
+	}
+	if err := syncDir(parent); err != nil {
+		return dest, fmt.Errorf("store: quarantine: %w", err)
+	}
+	return dest, nil
+}
+
+// copyFileSync copies src to a new file dst, leaving all-zero blocks as
+// holes, and fsyncs dst.
+func copyFileSync(src, dst string) (err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	buf := make([]byte, 1<<20)
+	var off int64
+	for {
+		n, rerr := io.ReadFull(in, buf)
+		for i := 0; i < n; i += len(zeroBlock) {
+			j := min(i+len(zeroBlock), n)
+			if bytes.Equal(buf[i:j], zeroBlock[:j-i]) {
+				continue
+			}
+			if _, err := out.WriteAt(buf[i:j], off+int64(i)); err != nil {
+				return err
+			}
+		}
+		off += int64(n)
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+	if off != fi.Size() {
+		return fmt.Errorf("%s: read %d bytes, expected %d", src, off, fi.Size())
+	}
+	if err := out.Truncate(off); err != nil { // extend over trailing holes
+		return err
+	}
+	return out.Sync()
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && runtime.GOOS != "windows" {
+		return err
+	}
+	return nil
+}
