@@ -97,11 +97,14 @@ func TestParseCatalogErrors(t *testing.T) {
 		{"version as string", `{"version":"1","procedures":[` + good + `]}`, "version: must be a JSON integer, not string"},
 		{"no procedures", `{"version":1,"procedures":[]}`, "procedures: must list at least one"},
 		{"procedures missing", `{"version":1}`, "procedures: must list at least one"},
+		{"procedures an object", `{"version":1,"procedures":{}}`, "procedures: must be a JSON array, not object"},
+		{"entry a string", `{"version":1,"procedures":["birth-registration"]}`, "procedures[0]: must be a JSON object, not string"},
+		{"entry null", `{"version":1,"procedures":[null]}`, "procedures[0].code: is required"},
 		{"code missing", proc(`{"name_vi":"a","name_en":"b","processing_days":1}`), "procedures[1].code: is required"},
 		{"code not a slug", proc(`{"code":"Birth Reg","name_vi":"a","name_en":"b","processing_days":1}`), `procedures[1].code: "Birth Reg" is not a slug`},
 		{"code with double hyphen", proc(`{"code":"a--b","name_vi":"a","name_en":"b","processing_days":1}`), `procedures[1].code: "a--b" is not a slug`},
-		{"code with trailing hyphen", proc(`{"code":"a-","name_vi":"a","name_en":"b","processing_days":1}`), "procedures[1].code"},
-		{"code too long", proc(`{"code":"` + strings.Repeat("a", 65) + `","name_vi":"a","name_en":"b","processing_days":1}`), "procedures[1].code"},
+		{"code with trailing hyphen", proc(`{"code":"a-","name_vi":"a","name_en":"b","processing_days":1}`), `procedures[1].code: "a-" is not a slug`},
+		{"code too long", proc(`{"code":"` + strings.Repeat("a", 65) + `","name_vi":"a","name_en":"b","processing_days":1}`), "procedures[1].code: \"aaaa"},
 		{"duplicate code", proc(`{"code":"ok","name_vi":"a","name_en":"b","processing_days":1}`), `procedures[1].code: "ok" duplicates procedures[0].code`},
 		{"name_vi missing", proc(`{"code":"x","name_en":"b","processing_days":1}`), "procedures[1].name_vi: is required"},
 		{"name_vi blank", proc(`{"code":"x","name_vi":"  ","name_en":"b","processing_days":1}`), "procedures[1].name_vi: is required"},
@@ -112,7 +115,7 @@ func TestParseCatalogErrors(t *testing.T) {
 		{"days too many", proc(`{"code":"x","name_vi":"a","name_en":"b","processing_days":366}`), "procedures[1].processing_days: 366 is out of range"},
 		{"days fractional", proc(`{"code":"x","name_vi":"a","name_en":"b","processing_days":1.5}`), "procedures[1].processing_days: must be a JSON integer, not number 1.5"},
 		{"days as string", proc(`{"code":"x","name_vi":"a","name_en":"b","processing_days":"1"}`), "procedures[1].processing_days: must be a JSON integer, not string"},
-		{"legal_basis too long", proc(`{"code":"x","name_vi":"a","name_en":"b","processing_days":1,"legal_basis":"` + strings.Repeat("x", 501) + `"}`), "procedures[1].legal_basis"},
+		{"legal_basis too long", proc(`{"code":"x","name_vi":"a","name_en":"b","processing_days":1,"legal_basis":"` + strings.Repeat("x", 501) + `"}`), "procedures[1].legal_basis: is 501 characters"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -94,7 +94,10 @@ func TestParseWardsErrors(t *testing.T) {
 		{"code lower case", reg(`{"code":"hcm001","name":"C","kind":"ward","backup":"AAA"}`), `wards[2].code: "hcm001" must be 3 to 10`},
 		{"code too short", reg(`{"code":"AB","name":"C","kind":"ward","backup":"AAA"}`), `wards[2].code: "AB"`},
 		{"code too long", reg(`{"code":"ABCDEFGHIJK","name":"C","kind":"ward","backup":"AAA"}`), `wards[2].code: "ABCDEFGHIJK"`},
-		{"code with a hyphen", reg(`{"code":"HCM-1","name":"C","kind":"ward","backup":"AAA"}`), `wards[2].code`},
+		{"code with a hyphen", reg(`{"code":"HCM-1","name":"C","kind":"ward","backup":"AAA"}`), `wards[2].code: "HCM-1" must be 3 to 10`},
+		{"wards an object", `{"version":1,"city":"C","wards":{"AAA":{}}}`, "wards: must be a JSON array, not object"},
+		{"entry a number", reg(`7`), "wards[2]: must be a JSON object, not number"},
+		{"kind a number", reg(`{"code":"CCC","name":"C","kind":1,"backup":"AAA"}`), "wards[2].kind: must be a JSON string, not number"},
 		{"duplicate code", reg(`{"code":"AAA","name":"C","kind":"ward","backup":"BBB"}`), `wards[2].code: "AAA" duplicates wards[0].code`},
 		{"name missing", reg(`{"code":"CCC","kind":"ward","backup":"AAA"}`), "wards[2].name: is required"},
 		{"name too long", reg(`{"code":"CCC","name":"` + strings.Repeat("ư", 201) + `","kind":"ward","backup":"AAA"}`), "wards[2].name: is 201 characters"},
@@ -105,7 +108,7 @@ func TestParseWardsErrors(t *testing.T) {
 		{"backup missing", reg(`{"code":"CCC","name":"C","kind":"ward"}`), "wards[2].backup: is required"},
 		{"backup is itself", reg(`{"code":"CCC","name":"C","kind":"ward","backup":"CCC"}`), `wards[2].backup: "CCC" is the ward itself`},
 		{"backup unknown", reg(`{"code":"CCC","name":"C","kind":"ward","backup":"ZZZ"}`), `wards[2].backup: "ZZZ" is not the code of a ward`},
-		{"single ward cannot have a backup", `{"version":1,"city":"C","wards":[{"code":"AAA","name":"A","kind":"ward","backup":"AAA"}]}`, "wards[0].backup"},
+		{"single ward cannot have a backup", `{"version":1,"city":"C","wards":[{"code":"AAA","name":"A","kind":"ward","backup":"AAA"}]}`, `wards[0].backup: "AAA" is the ward itself`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v2/altsrc"
+)
+
+// Every flag of every command is defined here, so names, environment
+// variables and config-file keys stay consistent.
+
+var configFlag = &cli.StringFlag{
+	Name: "config", Usage: "YAML `FILE` of flag values (keys are flag names)", EnvVars: []string{"WARDSYNC_CONFIG"},
+}
+
+func str(name, usage, env, value string) cli.Flag {
+	return altsrc.NewStringFlag(&cli.StringFlag{Name: name, Usage: usage, EnvVars: envFor(name, env), Value: value})
+}
+
+func reqStr(name, usage, env string) cli.Flag {
+	return altsrc.NewStringFlag(&cli.StringFlag{Name: name, Usage: usage, EnvVars: envFor(name, env), Required: true})
+}
+
+func boolean(name, usage, env string) cli.Flag {
+	return altsrc.NewBoolFlag(&cli.BoolFlag{Name: name, Usage: usage, EnvVars: envFor(name, env)})
+}
+
+func integer(name, usage, env string, value int) cli.Flag {
+	return altsrc.NewIntFlag(&cli.IntFlag{Name: name, Usage: usage, EnvVars: envFor(name, env), Value: value})
+}
+
+func strs(name, usage, env string) cli.Flag {
+	return altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: name, Usage: usage, EnvVars: envFor(name, env)})
+}
+
+// envFor is the flag's environment variable: the one given, or
+// WARDSYNC_ and the flag's name upper-cased.
+func envFor(name, env string) []string {
+	if env == "" {
+		env = "WARDSYNC_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+	}
+	return []string{env}
+}
+
+// Shared flags.
+var (
+	dataFlag       = reqStr("data", "node data `DIR`", "WARDSYNC_DATA")
+	jsonFlag       = boolean("json", "print JSON for scripts instead of a table", "WARDSYNC_JSON")
+	nodeURLFlag    = str("node", "ward node API `URL`", "WARDSYNC_NODE", "http://127.0.0.1:8080")
+	tokenFlag      = str("token", "official's bearer `TOKEN`", "WARDSYNC_TOKEN", "")
+	proceduresFlag = str("procedures", "procedure catalog JSON `FILE` (default: built in)", "WARDSYNC_PROCEDURES", "")
+	wardsFlag      = str("wards", "ward registry JSON `FILE` (default: built in)", "WARDSYNC_WARDS", "")
+	holidaysFlag   = str("holidays", "public holiday calendar JSON `FILE` (default: built in)", "WARDSYNC_HOLIDAYS", "")
+	encKeyFlag     = str("encryption-key-file", "`FILE` holding a 16, 24 or 32 byte key for encryption at rest", "WARDSYNC_ENCRYPTION_KEY_FILE", "")
+	logLevelFlag   = str("log-level", "debug, info, warn or error", "WARDSYNC_LOG_LEVEL", "info")
+	logFormatFlag  = str("log-format", "text or json", "WARDSYNC_LOG_FORMAT", "text")
+)
+
+// withConfig makes a command read its flags from the --config file too.
+// Precedence: command line, then environment, then the file, then defaults.
+func withConfig(cmd *cli.Command) *cli.Command {
+	cmd.Before = altsrc.InitInputSourceWithContext(cmd.Flags, func(c *cli.Context) (altsrc.InputSourceContext, error) {
+		path := c.String("config")
+		if path == "" {
+			return &altsrc.MapInputSource{}, nil
+		}
+		src, err := altsrc.NewYamlSourceFromFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("--config %s: %w", path, err)
+		}
+		return src, nil
+	})
+	return cmd
+}
+
+func newLogger(c *cli.Context) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return nil, fmt.Errorf("--log-level %q: must be debug, info, warn or error", c.String("log-level"))
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch strings.ToLower(c.String("log-format")) {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: must be text or json", c.String("log-format"))
+}

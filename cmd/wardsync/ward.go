@@ -1,0 +1,191 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/wardsync/wardsync/node"
+	"github.com/wardsync/wardsync/node/store"
+	"github.com/wardsync/wardsync/schema"
+)
+
+func wardCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "ward",
+		Usage: "run and manage a ward edge node",
+		Subcommands: []*cli.Command{
+			withConfig(&cli.Command{
+				Name:  "init",
+				Usage: "create a node's data dir, identity and first admin",
+				Flags: []cli.Flag{dataFlag,
+					reqStr("ward", "ward `CODE` this node serves", "WARDSYNC_WARD"),
+					reqStr("node", "node `ID`, unique in the city (lower-case letters, digits, -)", "WARDSYNC_NODE_ID"),
+					str("series", "receipt number `SERIES` (default: the node ID upper-cased)", "WARDSYNC_SERIES", ""),
+					str("admin-name", "name of the first admin", "WARDSYNC_ADMIN_NAME", "Administrator"),
+					wardsFlag, encKeyFlag, jsonFlag, logLevelFlag, logFormatFlag},
+				Action: wardInit,
+			}),
+			withConfig(&cli.Command{
+				Name:  "run",
+				Usage: "run the node's API until SIGTERM or SIGINT",
+				Flags: []cli.Flag{dataFlag,
+					str("http", "API listen `ADDR`", "WARDSYNC_HTTP", "127.0.0.1:8080"),
+					proceduresFlag, wardsFlag, holidaysFlag, encKeyFlag, logLevelFlag, logFormatFlag},
+				Action: wardRun,
+			}),
+			withConfig(&cli.Command{
+				Name:  "repair",
+				Usage: "accept the loss after log damage: keep a copy of the damaged files, then open and truncate",
+				Flags: []cli.Flag{dataFlag, encKeyFlag, logLevelFlag, logFormatFlag,
+					boolean("yes", "confirm that entries after the damage will be dropped", "WARDSYNC_REPAIR_YES")},
+				Action: wardRepair,
+			}),
+		},
+	}
+}
+
+// nodeConfig builds the node config from the flags shared by init and run.
+func nodeConfig(c *cli.Context) (node.Config, error) {
+	log, err := newLogger(c)
+	if err != nil {
+		return node.Config{}, err
+	}
+	cfg := node.Config{Dir: c.String("data"), Logger: log}
+	if path := c.String("encryption-key-file"); path != "" {
+		key, err := os.ReadFile(path)
+		if err != nil {
+			return cfg, fmt.Errorf("--encryption-key-file: %w", err)
+		}
+		if n := len(key); n != 16 && n != 24 && n != 32 {
+			return cfg, fmt.Errorf("--encryption-key-file %s: key is %d bytes, must be 16, 24 or 32", path, n)
+		}
+		cfg.EncryptionKey = key
+	}
+	load := func(flag string, parse func([]byte) error) error {
+		path := c.String(flag)
+		if path == "" {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("--%s: %w", flag, err)
+		}
+		if err := parse(b); err != nil {
+			return fmt.Errorf("--%s %s: %w", flag, path, err)
+		}
+		return nil
+	}
+	has := func(name string) bool {
+		for _, f := range c.Command.Flags {
+			for _, n := range f.Names() {
+				if n == name {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	if has("procedures") {
+		if err := load("procedures", func(b []byte) (err error) { cfg.Catalog, err = schema.ParseCatalog(b); return }); err != nil {
+			return cfg, err
+		}
+	}
+	if has("wards") {
+		if err := load("wards", func(b []byte) (err error) { cfg.Wards, err = schema.ParseWards(b); return }); err != nil {
+			return cfg, err
+		}
+	}
+	if has("holidays") {
+		if err := load("holidays", func(b []byte) (err error) { cfg.Calendar, err = schema.ParseCalendar(b); return }); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, nil
+}
+
+func wardInit(c *cli.Context) error {
+	cfg, err := nodeConfig(c)
+	if err != nil {
+		return err
+	}
+	res, err := node.Init(c.Context, cfg, node.InitParams{
+		Ward: c.String("ward"), Node: c.String("node"), Series: c.String("series"), AdminName: c.String("admin-name"),
+	})
+	if err != nil {
+		var fe *schema.FieldError
+		if errors.As(err, &fe) {
+			return fmt.Errorf("--%s: %s", fe.Field, fe.Reason)
+		}
+		if errors.Is(err, schema.ErrConflict) {
+			return fmt.Errorf("--data %s: %w", cfg.Dir, err)
+		}
+		return err
+	}
+	if c.Bool("json") {
+		return json.NewEncoder(c.App.Writer).Encode(res)
+	}
+	w := c.App.Writer
+	fmt.Fprintf(w, "Initialized node %s for ward %s in %s\n", res.Node, res.Ward, cfg.Dir)
+	fmt.Fprintf(w, "Receipt series: %s\n", res.Series)
+	fmt.Fprintf(w, "Admin %q token (shown once; keep it safe):\n%s\n", res.AdminID, res.AdminToken)
+	return nil
+}
+
+func wardRun(c *cli.Context) error {
+	cfg, err := nodeConfig(c)
+	if err != nil {
+		return err
+	}
+	n, err := node.Open(cfg)
+	if err != nil {
+		if errors.Is(err, store.ErrNotInitialized) {
+			return fmt.Errorf("--data %s: %w", cfg.Dir, err)
+		}
+		return err
+	}
+	defer n.Close()
+	id := n.Identity()
+	cfg.Logger.Info("ward node starting", "node", id.Node, "ward", id.Ward, "data", cfg.Dir)
+	err = n.Serve(c.Context, c.String("http"), func(a net.Addr) {
+		// A line that scripts and tests wait for.
+		fmt.Fprintf(c.App.Writer, "listening on http://%s\n", a)
+	})
+	if err != nil {
+		return fmt.Errorf("--http %s: %w", c.String("http"), err)
+	}
+	cfg.Logger.Info("ward node stopped cleanly")
+	return n.Close()
+}
+
+func wardRepair(c *cli.Context) error {
+	cfg, err := nodeConfig(c)
+	if err != nil {
+		return err
+	}
+	if _, err := store.CheckLogs(cfg.Dir); err == nil {
+		fmt.Fprintln(c.App.Writer, "No damage found; nothing to repair.")
+		return nil
+	} else if !errors.Is(err, store.ErrLogDamaged) {
+		return err
+	} else if !c.Bool("yes") {
+		return fmt.Errorf("%v\n\nRe-run with --yes to keep a copy and drop the entries after the damage", err)
+	}
+	dir, err := store.Quarantine(cfg.Dir, time.Now())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "Copied the damaged files to %s\n", dir)
+	cfg.SkipLogCheck = true
+	n, err := node.Open(cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(c.App.Writer, "Opened and truncated the damaged log. Pull the ward back from the city to recover ops it already holds.")
+	return n.Close()
+}
