@@ -45,6 +45,7 @@ func (n *Node) Handler() http.Handler {
 	authed("POST /v1/officials", n.handleAddOfficial)
 	authed("GET /v1/me", n.handleMe)
 	authed("GET /v1/stats", n.handleStats)
+	authed("GET /v1/admin/backup", n.handleBackup)
 	// Anything else is a JSON 404, not the mux's text page.
 	route("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, fmt.Errorf("%w: no route %s %s", schema.ErrNotFound, r.Method, r.URL.Path), n.log)
@@ -105,6 +106,9 @@ func (n *Node) instrument(route string, h http.Handler) http.Handler {
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 		defer func() {
 			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p) // deliberate abort of a streamed response
+				}
 				n.log.Error("panic in handler", "route", route, "panic", p, "stack", string(debug.Stack()))
 				writeError(rec, r, fmt.Errorf("internal error"), n.log)
 			}
@@ -469,5 +473,22 @@ func (n *Node) handleStats(w http.ResponseWriter, r *http.Request, _ store.Offic
 	writeJSON(w, http.StatusOK, map[string]any{
 		"ward": ward, "total": total, "by_status": st.ByStatus, "overdue": overdue, "procedures": procs,
 	})
+	return nil
+}
+
+// handleBackup streams a full backup of the node's store (admin only).
+func (n *Node) handleBackup(w http.ResponseWriter, r *http.Request, who store.Official) error {
+	if who.Role != schema.RoleAdmin {
+		return fmt.Errorf("%w: only an admin takes backups", schema.ErrForbidden)
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="%s-%s.wsbak"`, n.id.Node, n.now().UTC().Format("20060102T150405Z")))
+	if _, err := n.store.Backup(w); err != nil {
+		// Headers are gone; the client sees a truncated stream and must
+		// not keep it (the CLI checks by restoring into a temp dir).
+		n.log.Error("backup failed mid-stream", "err", err)
+		panic(http.ErrAbortHandler)
+	}
+	n.log.Info("backup taken", "by", who.ID)
 	return nil
 }

@@ -23,7 +23,7 @@ type Procedure struct {
 	LegalBasis     string `json:"legal_basis,omitempty"`
 }
 
-// Limits of the catalog file.
+// Limits of the embedded data files.
 const (
 	maxProcedureCodeLen  = 64
 	maxProcessingDays    = 365
@@ -50,6 +50,16 @@ type catalogFile struct {
 	Procedures []json.RawMessage `json:"procedures"`
 }
 
+// procedureEntry is a Procedure as the file spells it: processing_days must
+// be given, because a forgotten one would silently make a procedure same-day.
+type procedureEntry struct {
+	Code           string `json:"code"`
+	NameVI         string `json:"name_vi"`
+	NameEN         string `json:"name_en"`
+	ProcessingDays *int   `json:"processing_days"`
+	LegalBasis     string `json:"legal_basis,omitempty"`
+}
+
 var defaultCatalog = sync.OnceValue(func() *Catalog {
 	c, err := ParseCatalog(procedureData)
 	if err != nil {
@@ -69,8 +79,8 @@ func DefaultCatalog() *Catalog { return defaultCatalog() }
 //	  "processing_days": 0, "legal_basis": "..."}, ...]}
 //
 // It requires version 1, at least one procedure, unique slug codes, names
-// that are present and at most 200 characters, and processing days in
-// 0..365. Unknown fields are rejected. An error is a *FieldError (wrapping
+// that are present and at most 200 characters, and processing_days given and
+// in 0..365. Unknown fields are rejected. An error is a *FieldError (wrapping
 // ErrInvalid) naming the entry and field, e.g.
 // `catalog: procedures[3].code: "Birth Reg" is not a slug`.
 func ParseCatalog(data []byte) (*Catalog, error) {
@@ -84,15 +94,15 @@ func ParseCatalog(data []byte) (*Catalog, error) {
 	if len(f.Procedures) == 0 {
 		return nil, dataErr("catalog", fieldErr("procedures", "must list at least one procedure"))
 	}
-	procs, err := decodeEntries[Procedure]("procedures", f.Procedures)
+	entries, err := decodeEntries[procedureEntry]("procedures", f.Procedures)
 	if err != nil {
 		return nil, dataErr("catalog", err)
 	}
 	c := &Catalog{
-		procs: make([]Procedure, len(procs)),
-		index: make(map[string]int, len(procs)),
+		procs: make([]Procedure, len(entries)),
+		index: make(map[string]int, len(entries)),
 	}
-	for i, p := range procs {
+	for i, p := range entries {
 		at := func(field string) string { return fmt.Sprintf("procedures[%d].%s", i, field) }
 		if p.Code == "" {
 			return nil, dataErr("catalog", fieldErr(at("code"), "is required"))
@@ -112,13 +122,22 @@ func ParseCatalog(data []byte) (*Catalog, error) {
 		if err := ValidateText(at("name_en"), p.NameEN, MaxNameLen, true); err != nil {
 			return nil, dataErr("catalog", err)
 		}
-		if p.ProcessingDays < 0 || p.ProcessingDays > maxProcessingDays {
-			return nil, dataErr("catalog", fieldErr(at("processing_days"), "%d is out of range 0..%d", p.ProcessingDays, maxProcessingDays))
+		if p.ProcessingDays == nil {
+			return nil, dataErr("catalog", fieldErr(at("processing_days"), "is required (0 means the same working day)"))
+		}
+		if days := *p.ProcessingDays; days < 0 || days > maxProcessingDays {
+			return nil, dataErr("catalog", fieldErr(at("processing_days"), "%d is out of range 0..%d", days, maxProcessingDays))
 		}
 		if err := ValidateText(at("legal_basis"), p.LegalBasis, maxLegalBasisLen, false); err != nil {
 			return nil, dataErr("catalog", err)
 		}
-		c.procs[i] = p
+		c.procs[i] = Procedure{
+			Code:           p.Code,
+			NameVI:         p.NameVI,
+			NameEN:         p.NameEN,
+			ProcessingDays: *p.ProcessingDays,
+			LegalBasis:     p.LegalBasis,
+		}
 		c.index[p.Code] = i
 	}
 	return c, nil

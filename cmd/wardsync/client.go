@@ -95,3 +95,33 @@ func (cl *client) do(method, path string, query url.Values, body, out any) error
 	}
 	return json.Unmarshal(data, out)
 }
+
+// download streams a GET answer into w and returns the bytes written.
+func (cl *client) download(path string, w io.Writer) (int64, error) {
+	u := *cl.base
+	u.Path = strings.TrimSuffix(u.Path, "/") + path
+	req, err := http.NewRequest("GET", u.String(), nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+cl.token)
+	hc := *cl.http
+	hc.Timeout = 0 // a large backup takes as long as it takes
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("cannot reach the node at %s: %w", cl.base, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e struct {
+			Error apiErr `json:"error"`
+		}
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(data, &e) != nil || e.Error.Message == "" {
+			return 0, fmt.Errorf("node answered HTTP %d", resp.StatusCode)
+		}
+		e.Error.Status = resp.StatusCode
+		return 0, &e.Error
+	}
+	return io.Copy(w, resp.Body)
+}

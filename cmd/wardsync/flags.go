@@ -21,9 +21,18 @@ func str(name, usage, env, value string) cli.Flag {
 	return altsrc.NewStringFlag(&cli.StringFlag{Name: name, Usage: usage, EnvVars: envFor(name, env), Value: value})
 }
 
+// reqStr is a string flag the command cannot run without. It is not marked
+// Required for urfave/cli, which checks required flags before the command's
+// Before hook loads the --config file, so a value from the file would never
+// count; withConfig checks it after the file is loaded instead.
 func reqStr(name, usage, env string) cli.Flag {
-	return altsrc.NewStringFlag(&cli.StringFlag{Name: name, Usage: usage, EnvVars: envFor(name, env), Required: true})
+	f := altsrc.NewStringFlag(&cli.StringFlag{Name: name, Usage: usage + " (required)", EnvVars: envFor(name, env)})
+	requiredFlags[f] = true
+	return f
 }
+
+// requiredFlags holds the flags made by reqStr.
+var requiredFlags = map[cli.Flag]bool{}
 
 func boolean(name, usage, env string) cli.Flag {
 	return altsrc.NewBoolFlag(&cli.BoolFlag{Name: name, Usage: usage, EnvVars: envFor(name, env)})
@@ -62,18 +71,33 @@ var (
 
 // withConfig makes a command read its flags from the --config file too.
 // Precedence: command line, then environment, then the file, then defaults.
+// It then checks the command's required flags (see reqStr).
 func withConfig(cmd *cli.Command) *cli.Command {
-	cmd.Before = altsrc.InitInputSourceWithContext(cmd.Flags, func(c *cli.Context) (altsrc.InputSourceContext, error) {
-		path := c.String("config")
-		if path == "" {
-			return &altsrc.MapInputSource{}, nil
+	cmd.Before = func(c *cli.Context) error {
+		if path := c.String("config"); path != "" {
+			if _, err := os.Stat(path); err != nil {
+				return fmt.Errorf("--config: %w", err)
+			}
+			src, err := altsrc.NewYamlSourceFromFile(path)
+			if err != nil {
+				return fmt.Errorf("--config %s: %w", path, err)
+			}
+			if err := altsrc.ApplyInputSourceValues(c, src, cmd.Flags); err != nil {
+				return fmt.Errorf("--config %s: %w", path, err)
+			}
 		}
-		src, err := altsrc.NewYamlSourceFromFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("--config %s: %w", path, err)
+		for _, f := range cmd.Flags {
+			sf, ok := f.(*altsrc.StringFlag)
+			if !ok || !requiredFlags[f] {
+				continue
+			}
+			if c.String(sf.Name) == "" {
+				return fmt.Errorf("--%s is required (or set %s, or %q in the --config file)",
+					sf.Name, strings.Join(sf.EnvVars, ", "), sf.Name+":")
+			}
 		}
-		return src, nil
-	})
+		return nil
+	}
 	return cmd
 }
 
