@@ -335,8 +335,11 @@ func (s *searcher) next(from int) (int, bool) {
 				break
 			}
 		}
-		meta, hlen, klen, vlen, ok := decodeHeader(data, p)
-		if !ok || meta&unusedMetaBits != 0 || meta&txnMetaBits == txnMetaBits {
+		if meta := data[p]; meta&unusedMetaBits != 0 || meta&txnMetaBits == txnMetaBits {
+			continue
+		}
+		_, hlen, klen, vlen, ok := decodeHeader(data, p)
+		if !ok {
 			continue
 		}
 		m, ok := bodyLen(data, p, hlen, klen, vlen)
@@ -435,27 +438,15 @@ func (p *prefixCRC) rangeCRC(i, j int) uint32 {
 // GF(2) arithmetic for CRC32-C in reflected bit order (as in zlib).
 const castagnoliReflected = 0x82F63B78
 
-// gfMul returns a*b modulo the Castagnoli polynomial.
+// gfMul returns a*b modulo the Castagnoli polynomial (branch-free; the
+// forward search calls it for every long candidate).
 func gfMul(a, b uint32) uint32 {
-	if a == 0 {
-		return 0
-	}
 	var p uint32
-	m := uint32(1) << 31
-	for {
-		if a&m != 0 {
-			p ^= b
-			if a&(m-1) == 0 {
-				return p
-			}
-		}
-		m >>= 1
-		if b&1 != 0 {
-			b = b>>1 ^ castagnoliReflected
-		} else {
-			b >>= 1
-		}
+	for i := 31; i >= 0; i-- {
+		p ^= b & -(a >> uint(i) & 1)
+		b = b>>1 ^ castagnoliReflected&-(b&1)
 	}
+	return p
 }
 
 var (
@@ -486,7 +477,11 @@ func buildShiftTables() {
 // register, i.e. crc·x^(8n) mod P. n must be < 2^32.
 func crcShift(crc uint32, n uint64) uint32 {
 	shiftTabOnce.Do(buildShiftTables)
-	return gfMul(gfMul(shiftLo[n&0xFFFF], shiftHi[(n>>16)&0xFFFF]), crc)
+	m := shiftLo[n&0xFFFF]
+	if hi := (n >> 16) & 0xFFFF; hi != 0 {
+		m = gfMul(m, shiftHi[hi])
+	}
+	return gfMul(m, crc)
 }
 
 // Quarantine copies every *.mem, *.vlog and MANIFEST file in dir (plus
