@@ -4,10 +4,14 @@ import (
 	"encoding/json"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/oklog/ulid/v2"
+
+	"github.com/wardsync/wardsync/node"
 	"github.com/wardsync/wardsync/schema"
 )
 
@@ -489,7 +493,8 @@ func TestStats(t *testing.T) {
 	// The counters are durable.
 	e.reopen()
 	s2, procs2 := get("")
-	if s2.Total != s.Total || s2.Overdue != s.Overdue || procs2["residence-confirmation"] != procs["residence-confirmation"] {
+	if r1, r2 := procs["residence-confirmation"], procs2["residence-confirmation"]; s2.Total != s.Total || s2.Overdue != s.Overdue ||
+		r1.Decided != r2.Decided || r1.OnTime != r2.OnTime || *r1.OnTimeRate != *r2.OnTimeRate {
 		t.Errorf("stats changed across reopen: %+v -> %+v", s, s2)
 	}
 
@@ -531,6 +536,8 @@ func TestHealthAndMetrics(t *testing.T) {
 	if me.Official.ID != "admin" || me.Official.Role != "admin" || me.Official.Token != "" || me.Node != testNodeID {
 		t.Errorf("/v1/me %+v", me)
 	}
+	// The auth scheme is case-insensitive.
+	e.call("GET", "/v1/me", "", nil, withHeader("Authorization", "bearer "+e.Admin)).want(t, http.StatusOK)
 
 	var procs struct {
 		Items []struct {
@@ -634,4 +641,288 @@ func TestOfficials(t *testing.T) {
 	// Tokens are stored as their SHA-256 only.
 	tokens := map[string]string{"admin": e.Admin, clerk.ID: clerk.Token, "head-01": named.Token, admin2.ID: admin2.Token, c3.ID: c3.Token}
 	checkTokensHashed(t, e, tokens, marker)
+}
+
+// Bad input, for every endpoint: each gets a clear 4xx with the JSON error
+// shape, a bad field is named, and the store is exactly as it was.
+func TestBadInput(t *testing.T) {
+	e := startNode(t)
+	clerk, head, _ := e.officials()
+	d1 := e.createDossier(clerk.Token, "birth-registration", 1) // received
+	d2 := e.createDossier(clerk.Token, "residence-confirmation", 2)
+	e.transition(clerk.Token, d2.ID, "in_review")
+	unknownID := ulid.Make().String()
+
+	// Everything a bad request could change.
+	type snapshot struct {
+		seq, commits, writes    uint64
+		list, officials, d1, d2 string
+		stats, statsOther       string
+	}
+	snap := func() snapshot {
+		t.Helper()
+		get := func(path string) string {
+			return string(e.call("GET", path, e.Admin, nil).want(t, http.StatusOK).Body)
+		}
+		return snapshot{
+			seq: lastSeq(t, e.Node), commits: e.Node.Store().Commits(), writes: e.Node.Store().WritesCommitted(),
+			list: get("/v1/dossiers?limit=500"), officials: get("/v1/officials"),
+			d1: get("/v1/dossiers/" + d1.ID), d2: get("/v1/dossiers/" + d2.ID),
+			stats: get("/v1/stats"), statsOther: get("/v1/stats?ward=" + otherWard()),
+		}
+	}
+	before := snap()
+
+	type tc struct {
+		name   string
+		method string
+		path   string
+		token  string
+		body   any // nil: none; string: raw; else JSON
+		opts   []reqOpt
+		status int
+		code   string
+		field  string
+	}
+	var cases []tc
+
+	// Every authenticated endpoint refuses a missing or wrong token.
+	endpoints := []struct{ method, path string }{
+		{"GET", "/v1/dossiers"},
+		{"POST", "/v1/dossiers"},
+		{"GET", "/v1/dossiers/" + d1.ID},
+		{"GET", "/v1/dossiers/" + d1.ID + "/history"},
+		{"POST", "/v1/dossiers/" + d1.ID + "/transitions"},
+		{"POST", "/v1/dossiers/" + d1.ID + "/assign"},
+		{"POST", "/v1/dossiers/" + d1.ID + "/notes"},
+		{"POST", "/v1/dossiers/" + d1.ID + "/resolve"},
+		{"GET", "/v1/procedures"},
+		{"GET", "/v1/officials"},
+		{"POST", "/v1/officials"},
+		{"GET", "/v1/me"},
+		{"GET", "/v1/stats"},
+		{"GET", "/v1/admin/backup"},
+	}
+	validBody := map[string]any{
+		"/v1/dossiers":                           newDossierBody("birth-registration", 9),
+		"/v1/dossiers/" + d1.ID + "/transitions": map[string]string{"to": "in_review"},
+		"/v1/dossiers/" + d1.ID + "/assign":      map[string]string{"official": clerk.ID},
+		"/v1/dossiers/" + d1.ID + "/notes":       map[string]string{"text": "ghi chú"},
+		"/v1/dossiers/" + d1.ID + "/resolve":     map[string]string{"conflict": testNodeID + "/1"},
+		"/v1/officials":                          map[string]string{"name": "Kẻ Gian", "role": "admin"},
+	}
+	for _, ep := range endpoints {
+		var body any
+		if ep.method == "POST" {
+			body = validBody[ep.path]
+		}
+		auths := map[string]reqOpt{
+			"no Authorization":     withoutHeader("Authorization"),
+			"empty bearer":         withHeader("Authorization", "Bearer "),
+			"basic auth":           withHeader("Authorization", "Basic YWRtaW46YWRtaW4="),
+			"token without bearer": withHeader("Authorization", e.Admin),
+			"unknown token":        withHeader("Authorization", "Bearer wst_"+strings.Repeat("A", 43)),
+			"not a token":          withHeader("Authorization", "Bearer hunter2"),
+			"token cut short":      withHeader("Authorization", "Bearer "+e.Admin[:len(e.Admin)-1]),
+		}
+		for name, opt := range auths {
+			cases = append(cases, tc{name: ep.method + " " + ep.path + ": " + name, method: ep.method, path: ep.path,
+				body: body, opts: []reqOpt{opt}, status: http.StatusUnauthorized, code: "unauthorized"})
+		}
+	}
+
+	// Malformed bodies, for every endpoint that takes one.
+	bodyEndpoints := []struct {
+		path      string
+		token     string
+		valid     string // a valid body, as JSON
+		wrongType string // a body with a field of the wrong JSON type
+		typeField string
+	}{
+		{"/v1/dossiers", clerk.Token, `{"procedure":"birth-registration","applicant":{"name":"Ngô Thị Lan","id_number":"079203000009"}}`,
+			`{"procedure":5,"applicant":{"name":"Ngô Thị Lan","id_number":"079203000009"}}`, "procedure"},
+		{"/v1/dossiers/" + d1.ID + "/transitions", clerk.Token, `{"to":"in_review"}`, `{"to":5}`, "to"},
+		{"/v1/dossiers/" + d1.ID + "/assign", clerk.Token, `{"official":"` + clerk.ID + `"}`, `{"official":true}`, "official"},
+		{"/v1/dossiers/" + d1.ID + "/notes", clerk.Token, `{"text":"ghi chú"}`, `{"text":["a"]}`, "text"},
+		{"/v1/dossiers/" + d1.ID + "/resolve", head.Token, `{"conflict":"w1a/1"}`, `{"conflict":1}`, "conflict"},
+		{"/v1/officials", e.Admin, `{"name":"Kẻ Gian","role":"clerk"}`, `{"name":{"first":"Kẻ"},"role":"clerk"}`, "name"},
+	}
+	big := strings.Repeat("a", node.MaxBodyBytes)
+	for _, ep := range bodyEndpoints {
+		add := func(name string, body any, opts []reqOpt, status int, code, field string) {
+			cases = append(cases, tc{name: "POST " + ep.path + ": " + name, method: "POST", path: ep.path, token: ep.token,
+				body: body, opts: opts, status: status, code: code, field: field})
+		}
+		withField := ep.valid[:len(ep.valid)-1] + `,`
+		add("truncated JSON", ep.valid[:len(ep.valid)-3], nil, 400, "malformed_json", "")
+		add("syntax error", `{"to" "x"}`, nil, 400, "malformed_json", "")
+		add("single quotes", `{'text':'x'}`, nil, 400, "malformed_json", "")
+		add("empty body", "", nil, 400, "invalid", "")
+		add("whitespace body", " \n\t ", nil, 400, "invalid", "")
+		add("two objects", ep.valid+ep.valid, nil, 400, "invalid", "")
+		add("trailing garbage", ep.valid+" x", nil, 400, "invalid", "")
+		add("trailing comma", ep.valid+",", nil, 400, "invalid", "")
+		add("unknown field", withField+`"actor":{"id":"admin","role":"admin"}}`, nil, 400, "invalid_field", "actor")
+		add("client-set created_by", withField+`"created_by":"admin"}`, nil, 400, "invalid_field", "created_by")
+		add("misspelled field", withField+`"Note_":"x"}`, nil, 400, "invalid_field", "Note_")
+		add("wrong type", ep.wrongType, nil, 400, "invalid_field", ep.typeField)
+		add("array", `[`+ep.valid+`]`, nil, 400, "", "")
+		add("string", `"hello"`, nil, 400, "", "")
+		add("number", `42`, nil, 400, "", "")
+		add("oversized value", `{"x":"`+big+`"}`, nil, 413, "too_large", "")
+		add("oversized trailing space", ep.valid+strings.Repeat(" ", node.MaxBodyBytes), nil, 413, "too_large", "")
+		add("text/plain", ep.valid, []reqOpt{withHeader("Content-Type", "text/plain")}, 400, "invalid_field", "Content-Type")
+		add("form", "to=approved", []reqOpt{withHeader("Content-Type", "application/x-www-form-urlencoded")}, 400, "invalid_field", "Content-Type")
+	}
+
+	// Bad values, field by field.
+	createWith := func(mod func(b map[string]any)) map[string]any {
+		b := newDossierBody("birth-registration", 7)
+		mod(b)
+		return b
+	}
+	applicant := func(k string, v any) map[string]any {
+		return createWith(func(b map[string]any) { b["applicant"].(map[string]any)[k] = v })
+	}
+	manyFields := map[string]string{}
+	for i := range schema.MaxFields + 1 {
+		manyFields["f"+strconv.Itoa(i)] = "x"
+	}
+	post := func(name, path, token string, body any, status int, code, field string) {
+		cases = append(cases, tc{name: name, method: "POST", path: path, token: token, body: body, status: status, code: code, field: field})
+	}
+	const create = "/v1/dossiers"
+	post("field with an empty name", create, clerk.Token, `{"":"x"}`, 400, "invalid", "")
+	post("unknown field with a quote in its name", create, clerk.Token, `{"a\"b":1}`, 400, "invalid_field", `a"b`)
+	post("unknown applicant field", create, clerk.Token, applicant("birthday", "2000-01-01"), 400, "invalid_field", "birthday")
+	post("unknown procedure", create, clerk.Token, createWith(func(b map[string]any) { b["procedure"] = "visa-application" }), 400, "invalid_field", "procedure")
+	post("no procedure", create, clerk.Token, createWith(func(b map[string]any) { delete(b, "procedure") }), 400, "invalid_field", "procedure")
+	post("unknown ward", create, clerk.Token, createWith(func(b map[string]any) { b["ward"] = "XYZ999" }), 400, "invalid_field", "ward")
+	post("no applicant", create, clerk.Token, createWith(func(b map[string]any) { delete(b, "applicant") }), 400, "invalid_field", "applicant.name")
+	post("applicant is a string", create, clerk.Token, createWith(func(b map[string]any) { b["applicant"] = "Nguyễn Văn An" }), 400, "invalid_field", "applicant")
+	post("11-digit citizen ID", create, clerk.Token, applicant("id_number", "07920300000"), 400, "invalid_field", "applicant.id_number")
+	post("13-digit citizen ID", create, clerk.Token, applicant("id_number", "0792030000012"), 400, "invalid_field", "applicant.id_number")
+	post("citizen ID with letters", create, clerk.Token, applicant("id_number", "07920300000A"), 400, "invalid_field", "applicant.id_number")
+	post("citizen ID with dashes", create, clerk.Token, applicant("id_number", "079-203-000-001"), 400, "invalid_field", "applicant.id_number")
+	post("citizen ID in Arabic-Indic digits", create, clerk.Token, applicant("id_number", "٠٧٩٢٠٣٠٠٠٠٠١"), 400, "invalid_field", "applicant.id_number")
+	post("citizen ID as a number", create, clerk.Token, applicant("id_number", 79203000001), 400, "invalid_field", "applicant.id_number")
+	post("empty name", create, clerk.Token, applicant("name", ""), 400, "invalid_field", "applicant.name")
+	post("blank name", create, clerk.Token, applicant("name", " \t "), 400, "invalid_field", "applicant.name")
+	post("201-character name", create, clerk.Token, applicant("name", strings.Repeat("Ễ", 201)), 400, "invalid_field", "applicant.name")
+	post("name with a control character", create, clerk.Token, applicant("name", "An\x00Bình"), 400, "invalid_field", "applicant.name")
+	post("bad phone", create, clerk.Token, applicant("phone", "call me"), 400, "invalid_field", "applicant.phone")
+	post("51 fields", create, clerk.Token, createWith(func(b map[string]any) { b["fields"] = manyFields }), 400, "invalid_field", "fields")
+	post("bad field key", create, clerk.Token, createWith(func(b map[string]any) { b["fields"] = map[string]string{"Bad Key": "x"} }), 400, "invalid_field", "fields")
+	post("over-long field value", create, clerk.Token, createWith(func(b map[string]any) {
+		b["fields"] = map[string]string{"k": strings.Repeat("x", schema.MaxFieldValueLen+1)}
+	}), 400, "invalid_field", "fields.k")
+	post("field value not a string", create, clerk.Token, createWith(func(b map[string]any) { b["fields"] = map[string]any{"k": 1} }), 400, "invalid_field", "fields")
+
+	tr := func(id string) string { return "/v1/dossiers/" + id + "/transitions" }
+	post("transition without to", tr(d1.ID), clerk.Token, map[string]string{"note": "x"}, 400, "invalid_field", "to")
+	post("transition to an unknown status", tr(d1.ID), clerk.Token, map[string]string{"to": "done"}, 400, "invalid_field", "to")
+	post("transition with an over-long note", tr(d1.ID), clerk.Token, map[string]string{"to": "in_review", "note": strings.Repeat("x", schema.MaxNoteLen+1)}, 400, "invalid_field", "note")
+	post("clerk approves", tr(d2.ID), clerk.Token, map[string]string{"to": "approved"}, 403, "role_not_allowed", "")
+	post("received to approved", tr(d1.ID), head.Token, map[string]string{"to": "approved"}, 409, "transition_not_allowed", "")
+	post("transition of an unknown dossier", tr(unknownID), clerk.Token, map[string]string{"to": "in_review"}, 404, "not_found", "")
+	post("transition of a malformed id", tr("not-a-ulid"), clerk.Token, map[string]string{"to": "in_review"}, 404, "not_found", "")
+
+	as := func(id string) string { return "/v1/dossiers/" + id + "/assign" }
+	post("assign nobody", as(d1.ID), head.Token, map[string]string{}, 400, "invalid_field", "official")
+	post("assign an unknown official", as(d1.ID), head.Token, map[string]string{"official": "off-ghost"}, 400, "invalid_field", "official")
+	post("clerk assigns someone else", as(d1.ID), clerk.Token, map[string]string{"official": head.ID}, 403, "forbidden", "")
+	post("assign an unknown dossier", as(unknownID), head.Token, map[string]string{"official": clerk.ID}, 404, "not_found", "")
+	post("assign a malformed id", as("x"), head.Token, map[string]string{"official": clerk.ID}, 404, "not_found", "")
+
+	nt := func(id string) string { return "/v1/dossiers/" + id + "/notes" }
+	post("empty note", nt(d1.ID), clerk.Token, map[string]string{"text": ""}, 400, "invalid_field", "text")
+	post("blank note", nt(d1.ID), clerk.Token, map[string]string{"text": "  \n "}, 400, "invalid_field", "text")
+	post("over-long note", nt(d1.ID), clerk.Token, map[string]string{"text": strings.Repeat("x", schema.MaxNoteLen+1)}, 400, "invalid_field", "text")
+	post("note on an unknown dossier", nt(unknownID), clerk.Token, map[string]string{"text": "x"}, 404, "not_found", "")
+	post("note on a malformed id", nt("01ARZ3NDEKTSV4RRFFQ69G5FA"), clerk.Token, map[string]string{"text": "x"}, 404, "not_found", "")
+
+	rs := func(id string) string { return "/v1/dossiers/" + id + "/resolve" }
+	post("clerk resolves", rs(d1.ID), clerk.Token, map[string]string{"conflict": testNodeID + "/1"}, 403, "forbidden", "")
+	post("resolve a malformed conflict id", rs(d1.ID), head.Token, map[string]string{"conflict": "one"}, 400, "invalid_field", "conflict")
+	post("resolve no conflict", rs(d1.ID), head.Token, map[string]string{"conflict": testNodeID + "/1"}, 409, "conflict", "")
+	post("resolve on an unknown dossier", rs(unknownID), head.Token, map[string]string{"conflict": testNodeID + "/1"}, 404, "not_found", "")
+
+	const off = "/v1/officials"
+	post("clerk adds an official", off, clerk.Token, map[string]string{"name": "Kẻ Gian", "role": "admin"}, 403, "forbidden", "")
+	post("head adds an official", off, head.Token, map[string]string{"name": "Kẻ Gian", "role": "admin"}, 403, "forbidden", "")
+	post("clerk adds with a bad body", off, clerk.Token, "{", 403, "forbidden", "")
+	post("unknown role", off, e.Admin, map[string]string{"name": "X", "role": "king"}, 400, "invalid_field", "role")
+	post("system role", off, e.Admin, map[string]string{"name": "X", "role": "system"}, 400, "invalid_field", "role")
+	post("no role", off, e.Admin, map[string]string{"name": "X"}, 400, "invalid_field", "role")
+	post("official without a name", off, e.Admin, map[string]string{"role": "clerk"}, 400, "invalid_field", "name")
+	post("201-character official name", off, e.Admin, map[string]string{"name": strings.Repeat("a", 201), "role": "clerk"}, 400, "invalid_field", "name")
+	post("bad official id", off, e.Admin, map[string]string{"id": "Bad ID", "name": "X", "role": "clerk"}, 400, "invalid_field", "id")
+	post("taken official id", off, e.Admin, map[string]string{"id": "admin", "name": "X", "role": "admin"}, 409, "conflict", "")
+
+	get := func(name, path, token string, status int, code, field string) {
+		cases = append(cases, tc{name: name, method: "GET", path: path, token: token, status: status, code: code, field: field})
+	}
+	get("get an unknown dossier", "/v1/dossiers/"+unknownID, clerk.Token, 404, "not_found", "")
+	get("get a malformed id", "/v1/dossiers/nope", clerk.Token, 404, "not_found", "")
+	get("get a key-like id", "/v1/dossiers/..%2Fm%2Fidentity", clerk.Token, 404, "not_found", "")
+	get("history of an unknown dossier", "/v1/dossiers/"+unknownID+"/history", clerk.Token, 404, "not_found", "")
+	get("history of a malformed id", "/v1/dossiers/x/history", clerk.Token, 404, "not_found", "")
+	get("no such route", "/v1/dossiers/"+d1.ID+"/nope", clerk.Token, 404, "not_found", "")
+	get("no such api", "/v2/dossiers", clerk.Token, 404, "not_found", "")
+	cases = append(cases, tc{name: "DELETE a dossier", method: "DELETE", path: "/v1/dossiers/" + d1.ID, token: e.Admin, status: 404, code: "not_found"})
+	get("clerk lists officials", "/v1/officials", clerk.Token, 403, "forbidden", "")
+	get("clerk takes a backup", "/v1/admin/backup", clerk.Token, 403, "forbidden", "")
+	get("head takes a backup", "/v1/admin/backup", head.Token, 403, "forbidden", "")
+	for _, q := range []struct{ query, field string }{
+		{"status=nope", "status"},
+		{"status=RECEIVED", "status"},
+		{"procedure=nope", "procedure"},
+		{"ward=nope", "ward"},
+		{"limit=0", "limit"},
+		{"limit=-1", "limit"},
+		{"limit=501", "limit"},
+		{"limit=ten", "limit"},
+		{"limit=1e2", "limit"},
+		{"limit=99999999999999999999", "limit"},
+		{"overdue=maybe", "overdue"},
+		{"overdue=1", "overdue"},
+		{"cursor=%00%01", "cursor"},
+		{"cursor=not-base64!", "cursor"},
+	} {
+		get("list "+q.query, "/v1/dossiers?"+q.query, clerk.Token, 400, "invalid_field", q.field)
+	}
+	get("stats of an unknown ward", "/v1/stats?ward=nope", clerk.Token, 400, "invalid_field", "ward")
+
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			opts := c.opts
+			res := e.call(c.method, c.path, c.token, c.body, opts...)
+			if res.Status < 400 || res.Status >= 500 {
+				t.Fatalf("status %d, want a 4xx; body %.300s", res.Status, res.Body)
+			}
+			ae := res.wantError(t, c.status, c.code, c.field)
+			if c.status == http.StatusUnauthorized && !strings.HasPrefix(res.Header.Get("WWW-Authenticate"), "Bearer") {
+				t.Errorf("401 without WWW-Authenticate: Bearer (got %q)", res.Header.Get("WWW-Authenticate"))
+			}
+			if c.status == http.StatusBadRequest && ae.Field == "" && ae.Code == "invalid_field" {
+				t.Errorf("400 names no field: %s", res.Body)
+			}
+			if strings.Contains(ae.Message, "schema.") || strings.Contains(ae.Message, "store.") {
+				t.Errorf("message leaks Go type names: %q", ae.Message)
+			}
+		})
+	}
+	if t.Failed() {
+		return
+	}
+	t.Logf("%d bad requests", len(cases))
+
+	if after := snap(); after != before {
+		t.Errorf("bad requests changed the store:\nbefore %+v\nafter  %+v", before, after)
+	}
+	// And the node still works.
+	e.transition(clerk.Token, d1.ID, "in_review")
+	if after := snap(); after.seq != before.seq+1 {
+		t.Errorf("LastSeq %d after one good request, want %d", after.seq, before.seq+1)
+	}
 }

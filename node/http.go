@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -121,9 +122,9 @@ func (n *Node) instrument(route string, h http.Handler) http.Handler {
 
 func (n *Node) withAuth(h func(http.ResponseWriter, *http.Request, store.Official) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		auth := r.Header.Get("Authorization")
-		token, ok := strings.CutPrefix(auth, "Bearer ")
-		if !ok || token == "" {
+		// The auth scheme is case-insensitive (RFC 9110 11.1).
+		scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		if !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(token) == "" {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="wardsync"`)
 			writeError(w, r, fmt.Errorf("%w: send Authorization: Bearer TOKEN", schema.ErrUnauthorized), n.log)
 			return
@@ -140,12 +141,14 @@ func (n *Node) withAuth(h func(http.ResponseWriter, *http.Request, store.Officia
 	})
 }
 
-// apiError is the body of every error response.
+// apiError is the body of every error response. Allowed is omitzero, not
+// omitempty: a 409 from a final status must still say "allowed":[]
+// (writeError sets a non-nil empty slice for it).
 type apiError struct {
 	Code    string          `json:"code"`
 	Message string          `json:"message"`
 	Field   string          `json:"field,omitempty"`
-	Allowed []schema.Status `json:"allowed,omitempty"`
+	Allowed []schema.Status `json:"allowed,omitzero"`
 }
 
 // writeError is the one place errors become HTTP status codes.
@@ -161,8 +164,11 @@ func writeError(w http.ResponseWriter, r *http.Request, err error, log *slog.Log
 		status, body = http.StatusRequestEntityTooLarge, apiError{Code: "too_large", Message: fmt.Sprintf("request body is over %d bytes", mbe.Limit)}
 	case errors.As(err, &syn), errors.Is(err, io.ErrUnexpectedEOF):
 		status, body = http.StatusBadRequest, apiError{Code: "malformed_json", Message: "request body is not valid JSON: " + err.Error()}
+	case errors.As(err, &typ) && typ.Field == "":
+		status, body = http.StatusBadRequest, apiError{Code: "invalid", Message: "request body must be a JSON object, not " + typ.Value}
 	case errors.As(err, &typ):
-		status, body = http.StatusBadRequest, apiError{Code: "invalid_field", Field: typ.Field, Message: fmt.Sprintf("%s must be a %s", typ.Field, typ.Type)}
+		status, body = http.StatusBadRequest, apiError{Code: "invalid_field", Field: typ.Field,
+			Message: fmt.Sprintf("%s must be %s, not %s", typ.Field, jsonKind(typ.Type), typ.Value)}
 	case errors.As(err, &fe):
 		status, body = http.StatusBadRequest, apiError{Code: "invalid_field", Field: fe.Field, Message: fe.Error()}
 	case errors.As(err, &te):
@@ -197,6 +203,31 @@ func writeError(w http.ResponseWriter, r *http.Request, err error, log *slog.Log
 	writeJSON(w, status, map[string]apiError{"error": body})
 }
 
+// jsonKind names the JSON type a Go type decodes from, for error messages
+// (a client knows "a string", not "schema.Status").
+func jsonKind(t reflect.Type) string {
+	if t == nil {
+		return "a JSON value"
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
+		reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	case reflect.Pointer:
+		return jsonKind(t.Elem())
+	}
+	return "a JSON value"
+}
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.WriteHeader(status)
@@ -218,7 +249,14 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 			return fmt.Errorf("%w: request body is empty", schema.ErrInvalid)
 		}
 		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-			return &schema.FieldError{Field: strings.Trim(f, `"`), Reason: "is not a known field"}
+			name, uerr := strconv.Unquote(f)
+			if uerr != nil {
+				name = strings.Trim(f, `"`)
+			}
+			if name == "" {
+				return fmt.Errorf("%w: request body has a field with an empty name", schema.ErrInvalid)
+			}
+			return &schema.FieldError{Field: name, Reason: "is not a known field"}
 		}
 		return err
 	}
@@ -306,6 +344,9 @@ func (n *Node) handleList(w http.ResponseWriter, r *http.Request, _ store.Offici
 		lq.Limit = l
 	}
 	items, next, err := n.List(lq)
+	if errors.Is(err, store.ErrBadCursor) {
+		return &schema.FieldError{Field: "cursor", Reason: "is not a cursor of this listing (start again without it)"}
+	}
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -44,6 +45,10 @@ type Node struct {
 	now      func() time.Time
 	log      *slog.Logger
 	metrics  *metrics
+
+	ulidMu   sync.Mutex
+	ulidLast uint64
+	entropy  *ulid.MonotonicEntropy
 }
 
 func (c *Config) defaults() {
@@ -161,7 +166,8 @@ func Open(cfg Config) (*Node, error) {
 	n := &Node{
 		store: st, id: id, catalog: cfg.Catalog, calendar: cfg.Calendar, wards: cfg.Wards,
 		clock: schema.NewClock(cfg.Now, floor, cfg.MaxDrift), now: cfg.Now,
-		log: cfg.Logger.With("node", id.Node, "ward", id.Ward),
+		log:     cfg.Logger.With("node", id.Node, "ward", id.Ward),
+		entropy: ulid.Monotonic(rand.Reader, 0),
 	}
 	n.metrics = newMetrics(n)
 	st.OnCommit(n.metrics.observeCommit)
@@ -193,10 +199,21 @@ func (n *Node) Catalog() *schema.Catalog { return n.catalog }
 // Healthy returns the store's sticky failure, if any.
 func (n *Node) Healthy() error { return n.store.Err() }
 
-// newDossierID mints a ULID: sortable by creation time, so listing newest
-// first is a reverse key scan.
-func (n *Node) newDossierID() string {
-	return ulid.MustNew(ulid.Timestamp(n.now()), rand.Reader).String()
+// newDossierID mints a ULID from the create op's HLC with monotonic
+// entropy. It runs inside the write, on the committer, so IDs increase in
+// commit order (the order of receipt numbers) and listing newest first is a
+// reverse key scan. The mutex only guards the entropy source.
+func (n *Node) newDossierID(h schema.HLC) string {
+	n.ulidMu.Lock()
+	defer n.ulidMu.Unlock()
+	ms := uint64(h.Wall())
+	if ms < n.ulidLast {
+		// HLC wall time never goes back, but be safe: monotonic entropy
+		// needs a non-decreasing timestamp.
+		ms = n.ulidLast
+	}
+	n.ulidLast = ms
+	return ulid.MustNew(ms, n.entropy).String()
 }
 
 // ValidDossierID reports whether s is a well-formed dossier ID, checked

@@ -26,10 +26,10 @@ func (n *Node) CreateDossier(ctx context.Context, who store.Official, in schema.
 		return schema.Dossier{}, err
 	}
 	proc, _ := n.catalog.Lookup(in.Procedure)
-	id := n.newDossierID()
 	var out schema.Dossier
 	err := n.store.Write(ctx, func(tx *store.Tx) error {
 		hlc := n.clock.Now()
+		id := n.newDossierID(hlc)
 		received := hlc.Time().In(schema.CityZone)
 		date := received.Format("20060102")
 		counter, err := tx.NextReceipt(date)
@@ -46,14 +46,14 @@ func (n *Node) CreateDossier(ctx context.Context, who store.Official, in schema.
 			ID: schema.OpID{Origin: n.id.Node}, Ward: in.Ward, Dossier: id, HLC: hlc,
 			Actor: actorOf(who), Kind: schema.KindCreate, Body: schema.MarshalBody(body),
 		}
-		var d schema.Dossier
-		if err := schema.Check(&d, &op); err != nil {
-			return err
-		}
 		if err := tx.AppendLocal(&op, n.id.PrivateKey); err != nil {
 			return err
 		}
-		schema.Apply(&d, &op)
+		// Apply checks the op; an error discards this whole write.
+		var d schema.Dossier
+		if err := schema.Apply(&d, &op); err != nil {
+			return err
+		}
 		out = d
 		return tx.PutDossier(nil, &d)
 	})
@@ -91,6 +91,8 @@ func (n *Node) mutate(ctx context.Context, who store.Official, id string, kind s
 			ID: schema.OpID{Origin: n.id.Node}, Ward: d.Ward, Dossier: id, HLC: n.clock.Now(),
 			Actor: actorOf(who), Kind: kind, Body: raw,
 		}
+		// Check before signing: refused moves (409/403) are common at the
+		// desk and should not cost a signature.
 		if err := schema.Check(&d, &op); err != nil {
 			return err
 		}
@@ -98,7 +100,9 @@ func (n *Node) mutate(ctx context.Context, who store.Official, id string, kind s
 			return err
 		}
 		old := d
-		schema.Apply(&d, &op)
+		if err := schema.Apply(&d, &op); err != nil {
+			return err
+		}
 		out = d
 		return tx.PutDossier(&old, &d)
 	})

@@ -73,73 +73,81 @@ func (d *Dossier) OnTime() bool { return d.CompletedAt != 0 && d.CompletedAt <= 
 // wrapping ErrConflict, ErrForbidden or ErrNotFound. The node calls it before
 // it writes an op; the fold calls it to decide what becomes a conflict.
 func Check(d *Dossier, op *Op) error {
+	_, err := checkOp(d, op)
+	return err
+}
+
+// checkOp is Check that also returns the decoded body, so Apply decodes
+// each op's JSON once.
+func checkOp(d *Dossier, op *Op) (any, error) {
 	if op.Kind == KindCreate {
 		if d.Created() {
-			return fmt.Errorf("%w: dossier %s already exists", ErrConflict, op.Dossier)
+			return nil, fmt.Errorf("%w: dossier %s already exists", ErrConflict, op.Dossier)
 		}
 		var b CreateBody
 		if err := json.Unmarshal(op.Body, &b); err != nil {
-			return fieldErr("body", "bad create body: %v", err)
+			return nil, fieldErr("body", "bad create body: %v", err)
 		}
-		return nil
+		return b, nil
 	}
 	if !d.Created() {
-		return fmt.Errorf("%w: dossier %s has no create op yet", ErrNotFound, op.Dossier)
+		return nil, fmt.Errorf("%w: dossier %s has no create op yet", ErrNotFound, op.Dossier)
 	}
 	switch op.Kind {
 	case KindTransition:
 		var b TransitionBody
 		if err := json.Unmarshal(op.Body, &b); err != nil {
-			return fieldErr("body", "bad transition body: %v", err)
+			return nil, fieldErr("body", "bad transition body: %v", err)
 		}
 		if !b.To.Valid() {
-			return fieldErr("to", "unknown status %q", b.To)
+			return nil, fieldErr("to", "unknown status %q", b.To)
 		}
-		return CheckTransition(d.Status, b.To, op.Actor.Role)
+		return b, CheckTransition(d.Status, b.To, op.Actor.Role)
 	case KindAssign:
 		var b AssignBody
 		if err := json.Unmarshal(op.Body, &b); err != nil {
-			return fieldErr("body", "bad assign body: %v", err)
+			return nil, fieldErr("body", "bad assign body: %v", err)
 		}
 		if !d.Status.Open() {
-			return fmt.Errorf("%w: dossier is %s; only open dossiers can be assigned", ErrConflict, d.Status)
+			return nil, fmt.Errorf("%w: dossier is %s; only open dossiers can be assigned", ErrConflict, d.Status)
 		}
 		if op.Actor.Role == RoleClerk && b.Official != op.Actor.ID {
-			return fmt.Errorf("%w: a clerk may assign a dossier only to themselves", ErrForbidden)
+			return nil, fmt.Errorf("%w: a clerk may assign a dossier only to themselves", ErrForbidden)
 		}
-		return nil
+		return b, nil
 	case KindAnnotate:
 		var b AnnotateBody
 		if err := json.Unmarshal(op.Body, &b); err != nil {
-			return fieldErr("body", "bad annotate body: %v", err)
+			return nil, fieldErr("body", "bad annotate body: %v", err)
 		}
-		return nil
+		return b, nil
 	case KindResolve:
 		var b ResolveBody
 		if err := json.Unmarshal(op.Body, &b); err != nil {
-			return fieldErr("body", "bad resolve body: %v", err)
+			return nil, fieldErr("body", "bad resolve body: %v", err)
 		}
 		if op.Actor.Role != RoleHead && op.Actor.Role != RoleAdmin {
-			return fmt.Errorf("%w: only a head or an admin resolves conflicts", ErrForbidden)
+			return nil, fmt.Errorf("%w: only a head or an admin resolves conflicts", ErrForbidden)
 		}
 		if !slices.ContainsFunc(d.Conflicts, func(c Conflict) bool { return c.Op == b.Conflict }) {
-			return fmt.Errorf("%w: dossier has no open conflict %q", ErrConflict, b.Conflict)
+			return nil, fmt.Errorf("%w: dossier has no open conflict %q", ErrConflict, b.Conflict)
 		}
 		if b.To != "" && !b.To.Valid() {
-			return fieldErr("to", "unknown status %q", b.To)
+			return nil, fieldErr("to", "unknown status %q", b.To)
 		}
-		return nil
+		return b, nil
 	}
-	return fmt.Errorf("%w: unknown op kind %q", ErrInvalid, op.Kind)
+	return nil, fmt.Errorf("%w: unknown op kind %q", ErrInvalid, op.Kind)
 }
 
 // Apply applies one op to d. An op that Check refuses is not dropped: it is
 // recorded in the history and as a conflict, so no official's work vanishes.
-// Apply reports whether the op became a conflict.
-func Apply(d *Dossier, op *Op) (conflict bool) {
+// Apply returns Check's error when the op became a conflict: the node uses
+// it to refuse a local op (discarding d), the fold to ignore it.
+func Apply(d *Dossier, op *Op) error {
 	at := op.HLC.Wall()
 	ev := Event{Op: op.ID.String(), HLC: op.HLC, At: at, Actor: op.Actor, Kind: op.Kind}
-	err := Check(d, op)
+	decoded, err := checkOp(d, op)
 	if err != nil {
 		ev.Conflict = true
 		c := Conflict{Op: ev.Op, Kind: op.Kind, From: d.Status, Actor: op.Actor, At: at, Reason: err.Error()}
@@ -157,12 +165,10 @@ func Apply(d *Dossier, op *Op) (conflict bool) {
 		d.Conflicts = append(d.Conflicts, c)
 		d.History = append(d.History, ev)
 		d.LastHLC = MergeHLC(d.LastHLC, op.HLC)
-		return true
+		return err
 	}
-	switch op.Kind {
-	case KindCreate:
-		var b CreateBody
-		_ = json.Unmarshal(op.Body, &b) // Check decoded it already
+	switch b := decoded.(type) {
+	case CreateBody:
 		d.ID, d.Ward, d.Origin = op.Dossier, op.Ward, op.ID.Origin
 		d.Procedure, d.ReceiptNo = b.Procedure, b.ReceiptNo
 		d.Applicant, d.Fields = b.Applicant, b.Fields
@@ -170,23 +176,15 @@ func Apply(d *Dossier, op *Op) (conflict bool) {
 		d.CreatedBy = op.Actor
 		d.Status = StatusReceived
 		ev.To = StatusReceived
-	case KindTransition:
-		var b TransitionBody
-		_ = json.Unmarshal(op.Body, &b)
+	case TransitionBody:
 		ev.From, ev.To, ev.Text = d.Status, b.To, b.Note
 		d.setStatus(b.To, at)
-	case KindAssign:
-		var b AssignBody
-		_ = json.Unmarshal(op.Body, &b)
+	case AssignBody:
 		d.Assignee, d.AssigneeName = b.Official, b.OfficialName
 		ev.Official = b.Official
-	case KindAnnotate:
-		var b AnnotateBody
-		_ = json.Unmarshal(op.Body, &b)
+	case AnnotateBody:
 		ev.Text = b.Text
-	case KindResolve:
-		var b ResolveBody
-		_ = json.Unmarshal(op.Body, &b)
+	case ResolveBody:
 		d.Conflicts = slices.DeleteFunc(d.Conflicts, func(c Conflict) bool { return c.Op == b.Conflict })
 		ev.Text = b.Note
 		ev.From = d.Status
@@ -197,7 +195,7 @@ func Apply(d *Dossier, op *Op) (conflict bool) {
 	}
 	d.History = append(d.History, ev)
 	d.LastHLC = MergeHLC(d.LastHLC, op.HLC)
-	return false
+	return nil
 }
 
 func (d *Dossier) setStatus(to Status, at int64) {

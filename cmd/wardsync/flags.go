@@ -13,8 +13,12 @@ import (
 // Every flag of every command is defined here, so names, environment
 // variables and config-file keys stay consistent.
 
-var configFlag = &cli.StringFlag{
-	Name: "config", Usage: "YAML `FILE` of flag values (keys are flag names)", EnvVars: []string{"WARDSYNC_CONFIG"},
+var configFlag = newConfigFlag()
+
+func newConfigFlag() *cli.StringFlag {
+	return &cli.StringFlag{
+		Name: "config", Usage: "YAML `FILE` of flag values (keys are flag names)", EnvVars: []string{"WARDSYNC_CONFIG"},
+	}
 }
 
 func str(name, usage, env, value string) cli.Flag {
@@ -73,8 +77,17 @@ var (
 // Precedence: command line, then environment, then the file, then defaults.
 // It then checks the command's required flags (see reqStr).
 func withConfig(cmd *cli.Command) *cli.Command {
+	// --config is accepted after the command too (wardsync ward run
+	// --config FILE), not only before it (wardsync --config FILE ward run).
+	cmd.Flags = append(cmd.Flags, newConfigFlag())
 	cmd.Before = func(c *cli.Context) error {
-		if path := c.String("config"); path != "" {
+		path := ""
+		for _, cc := range c.Lineage() {
+			if path = cc.String("config"); path != "" {
+				break
+			}
+		}
+		if path != "" {
 			if _, err := os.Stat(path); err != nil {
 				return fmt.Errorf("--config: %w", err)
 			}

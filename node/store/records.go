@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -105,7 +106,7 @@ func (tx *Tx) AppendLocal(op *schema.Op, key ed25519.PrivateKey) error {
 	tx.set(opKey(op.ID), enc)
 	tx.set(dossierOpKey(op), opKey(op.ID))
 	tx.setUint(keySeq, op.ID.Seq)
-	h := op.Hash()
+	h := sha256.Sum256(enc) // op.Hash(), without encoding it again
 	tx.set(keyPrev, h[:])
 	floor, err := tx.getUint(keyHLC)
 	if err != nil {

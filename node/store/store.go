@@ -127,6 +127,9 @@ func Open(o Options) (*Store, error) {
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("store: create data dir: %w", err)
 	}
+	if err := removeEmptyLogs(o.Dir, o.Logger); err != nil {
+		return nil, err
+	}
 	if !o.SkipLogCheck {
 		torn, err := CheckLogs(o.Dir)
 		if err != nil {
@@ -152,6 +155,39 @@ func Open(o Options) (*Store, error) {
 	go s.commitLoop()
 	go s.gcLoop(o.GCInterval)
 	return s, nil
+}
+
+// removeEmptyLogs deletes zero-length memtable WALs (*.mem) and value logs
+// (*.vlog). Badger makes these files in two steps (create, then truncate to
+// full size) and deletes them in two (truncate to zero, then unlink), so a
+// kill -9 or power cut between the steps leaves an empty file. Such a file
+// holds nothing: a new one had no write yet, a deleted one was already
+// flushed to a table or rewritten by GC. Badger itself fails to open a dir
+// holding one ("while opening memtables ... Create a new file", or "Open
+// existing file"), and only succeeds at the next try, so the node would
+// refuse to start once after such a crash. Removing the file first is what
+// that retry amounts to.
+func removeEmptyLogs(dir string, log *slog.Logger) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("store: read data dir: %w", err)
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if !e.Type().IsRegular() || (filepath.Ext(name) != ".mem" && filepath.Ext(name) != ".vlog") {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil || info.Size() != 0 {
+			continue
+		}
+		path := filepath.Join(dir, name)
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("store: remove empty log %s: %w", path, err)
+		}
+		log.Warn("store: removed an empty log file left by a crash", "file", path)
+	}
+	return nil
 }
 
 // OnCommit registers a hook called after every group commit (for metrics).

@@ -25,7 +25,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -44,7 +43,9 @@ import (
 var ErrLogDamaged = errors.New("store: log damaged")
 
 // LogDamageError reports a badger log that has a bad entry followed by valid
-// ones. Opening the directory with badger would silently drop those entries.
+// ones. Opening the directory with badger would silently drop those entries
+// (and also the entries of the transaction the bad entry belongs to, since
+// badger cuts at the end of the last complete transaction).
 type LogDamageError struct {
 	File        string // path of the damaged file
 	Offset      int64  // byte offset of the first bad entry
@@ -67,7 +68,8 @@ func (e *LogDamageError) Error() string {
 func (e *LogDamageError) Unwrap() error { return ErrLogDamaged }
 
 // TornTail describes a harmless partial write at the end of a log (never
-// acknowledged). Badger will cut the file at Offset when it opens it.
+// acknowledged). Badger cuts the file when it opens it, at the end of the last
+// complete transaction, which is at or before Offset.
 type TornTail struct {
 	File   string // path of the log file
 	Offset int64  // byte offset of the first entry that does not decode
@@ -86,20 +88,20 @@ type TornTail struct {
 // klen > 1<<16, at a short read, at a CRC mismatch, and at an entry with an
 // empty key (what an all-zero header decodes to).
 const (
-	logHeaderSize = 20      // badger vlogHeaderSize
-	maxLogKeyLen  = 1 << 16 // safeRead.Entry: klen above this means "truncate"
-	crcLen        = 4
-	minEntryLen   = 2 + 1 + 1 + 1 + 1 + crcLen // header with 1-byte uvarints, 1-byte key, CRC
+	walHeaderSize  = 20      // badger vlogHeaderSize
+	walMaxKeyLen   = 1 << 16 // safeRead.Entry: klen above this means "truncate"
+	walCRCLen      = 4
+	walMinEntryLen = 2 + 1 + 1 + 1 + 1 + walCRCLen // header with 1-byte uvarints, 1-byte key, CRC
 
 	// Meta bits badger v4.9.6 never sets (value.go: bits 0-3, 6 and 7 are used,
 	// and bitTxn and bitFinTxn never together). Used only to cut down
 	// candidates in the forward search, never when walking the log the way
 	// badger does. Re-check when upgrading badger.
-	unusedMetaBits = 1<<4 | 1<<5
-	txnMetaBits    = 1<<6 | 1<<7
+	walUnusedMetaBits = 1<<4 | 1<<5
+	walTxnMetaBits    = 1<<6 | 1<<7
 )
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+var walCRCTable = crc32.MakeTable(crc32.Castagnoli)
 
 // CheckLogs scans every *.mem and *.vlog file in dir (a badger directory; no
 // badger instance may have it open for writing at the same time — it is called
@@ -134,7 +136,7 @@ func CheckLogs(dir string) ([]TornTail, error) {
 			continue
 		}
 		path := filepath.Join(dir, name)
-		res, err := checkLogFile(path)
+		res, err := walCheckFile(path)
 		if err != nil {
 			return tails, err
 		}
@@ -151,8 +153,8 @@ func CheckLogs(dir string) ([]TornTail, error) {
 	return tails, damage
 }
 
-// logScan is the verdict for one file.
-type logScan struct {
+// walScan is the verdict for one file.
+type walScan struct {
 	valid     int   // entries badger will replay
 	stop      int64 // offset where badger stops reading
 	damaged   bool  // valid entries exist after stop
@@ -160,8 +162,8 @@ type logScan struct {
 	tailBytes int64 // torn tail length (0 when clean)
 }
 
-// checkLogFile maps path read-only and scans it.
-func checkLogFile(path string) (res logScan, err error) {
+// walCheckFile maps path read-only and scans it.
+func walCheckFile(path string) (res walScan, err error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return res, fmt.Errorf("store: check logs: %w", err)
@@ -172,9 +174,9 @@ func checkLogFile(path string) (res logScan, err error) {
 		return res, fmt.Errorf("store: check logs: %w", err)
 	}
 	size := fi.Size()
-	if size <= logHeaderSize {
+	if size <= walHeaderSize {
 		// badger re-initialises such a file; there are no entries to lose.
-		return logScan{stop: size}, nil
+		return walScan{stop: size}, nil
 	}
 	if int64(int(size)) != size {
 		return res, fmt.Errorf("store: check logs: %s: file too large to map (%d bytes)", path, size)
@@ -199,24 +201,30 @@ func checkLogFile(path string) (res logScan, err error) {
 			panic(r)
 		}
 	}()
-	return scanLog(data), nil
+	return walScanData(data, walDataExtents(f, walHeaderSize, size)), nil
 }
 
-// scanLog classifies one log file's bytes. It never modifies data.
-func scanLog(data []byte) logScan {
-	var res logScan
-	if len(data) <= logHeaderSize {
+// walScanData classifies one log file's bytes. It never modifies data. ext lists
+// the regions of data that may hold non-zero bytes (ascending, disjoint);
+// everything outside them is a hole in a sparse file and reads as zeros.
+// badger preallocates logs as sparse files (2×MemTableSize for a WAL,
+// 2×ValueLogFileSize for a value log), so after a crash most of a file is
+// usually hole, and skipping it saves reading gigabytes of zeros.
+func walScanData(data []byte, ext []walExtent) walScan {
+	var res walScan
+	if len(data) <= walHeaderSize {
 		res.stop = int64(len(data))
 		return res
 	}
-	res.valid, res.stop = walkEntries(data, logHeaderSize)
+	res.valid, res.stop = walWalk(data, walHeaderSize)
 	stop := int(res.stop)
 
-	last := lastNonZero(data, stop)
+	z := walZeros{data: data, ext: ext}
+	last := z.last(stop)
 	if last < 0 {
 		return res // EOF or only zero padding after the last entry: clean end
 	}
-	s := &searcher{data: data, limit: last}
+	s := &walSearcher{data: data, zeros: z, limit: last}
 	p, found := s.next(stop + 1)
 	if !found {
 		res.tailBytes = int64(last + 1 - stop)
@@ -224,19 +232,19 @@ func scanLog(data []byte) logScan {
 	}
 	res.damaged = true
 	for found {
-		n, end := walkEntries(data, p)
+		n, end := walWalk(data, p)
 		res.lost += n
 		p, found = s.next(int(end) + 1)
 	}
 	return res
 }
 
-// walkEntries decodes consecutive entries from off the way badger's
+// walWalk decodes consecutive entries from off the way badger's
 // logFile.iterate does and returns how many decoded and where it stopped.
-func walkEntries(data []byte, off int) (int, int64) {
+func walWalk(data []byte, off int) (int, int64) {
 	n := 0
 	for {
-		l, ok := entryAt(data, off)
+		l, ok := walEntryAt(data, off)
 		if !ok {
 			return n, int64(off)
 		}
@@ -245,10 +253,10 @@ func walkEntries(data []byte, off int) (int, int64) {
 	}
 }
 
-// decodeHeader decodes an entry header at data[off:] like header.DecodeFrom
+// walDecodeHeader decodes an entry header at data[off:] like header.DecodeFrom
 // followed by badger's uint32 conversions. ok is false when the bytes end or a
 // uvarint overflows (both stop badger).
-func decodeHeader(data []byte, off int) (meta byte, hlen int, klen, vlen uint32, ok bool) {
+func walDecodeHeader(data []byte, off int) (meta byte, hlen int, klen, vlen uint32, ok bool) {
 	if off < 0 || off+2 > len(data) {
 		return 0, 0, 0, 0, false
 	}
@@ -271,10 +279,10 @@ func decodeHeader(data []byte, off int) (meta byte, hlen int, klen, vlen uint32,
 	return meta, i - off, uint32(k), uint32(v), true
 }
 
-// bodyLen checks the decoded lengths the way safeRead.Entry would and returns
+// walBodyLen checks the decoded lengths the way safeRead.Entry would and returns
 // the length of header+key+value, or false when badger would stop here.
-func bodyLen(data []byte, off, hlen int, klen, vlen uint32) (int, bool) {
-	if klen == 0 || klen > maxLogKeyLen {
+func walBodyLen(data []byte, off, hlen int, klen, vlen uint32) (int, bool) {
+	if klen == 0 || klen > walMaxKeyLen {
 		// klen 0: badger's e.isZero() (or a CRC failure on an all-zero header).
 		return 0, false
 	}
@@ -285,29 +293,29 @@ func bodyLen(data []byte, off, hlen int, klen, vlen uint32) (int, bool) {
 		return 0, false
 	}
 	m := uint64(hlen) + kv
-	if m+crcLen > uint64(len(data)-off) {
+	if m+walCRCLen > uint64(len(data)-off) {
 		return 0, false // short read: badger's errTruncate / ErrUnexpectedEOF
 	}
 	return int(m), true
 }
 
-// entryAt reports whether a complete valid entry starts at off and its length.
-func entryAt(data []byte, off int) (int, bool) {
-	_, hlen, klen, vlen, ok := decodeHeader(data, off)
+// walEntryAt reports whether a complete valid entry starts at off and its length.
+func walEntryAt(data []byte, off int) (int, bool) {
+	_, hlen, klen, vlen, ok := walDecodeHeader(data, off)
 	if !ok {
 		return 0, false
 	}
-	m, ok := bodyLen(data, off, hlen, klen, vlen)
+	m, ok := walBodyLen(data, off, hlen, klen, vlen)
 	if !ok {
 		return 0, false
 	}
-	if crc32.Update(0, castagnoli, data[off:off+m]) != binary.BigEndian.Uint32(data[off+m:]) {
+	if crc32.Update(0, walCRCTable, data[off:off+m]) != binary.BigEndian.Uint32(data[off+m:]) {
 		return 0, false
 	}
-	return m + crcLen, true
+	return m + walCRCLen, true
 }
 
-// searcher finds the next offset at which a complete valid entry decodes.
+// walSearcher finds the next offset at which a complete valid entry decodes.
 //
 // Candidates are filtered cheaply first: the first byte of klen must be
 // non-zero (klen > 0), so runs of zeros are skipped a block at a time; the
@@ -316,43 +324,44 @@ func entryAt(data []byte, off int) (int, bool) {
 // hashed directly; long ones (a garbage vlen can claim most of the file) are
 // checked in O(1) via prefix CRCs and CRC shifting, so the search is linear in
 // the file size and does not allocate per candidate.
-type searcher struct {
+type walSearcher struct {
 	data  []byte
+	zeros walZeros
 	limit int // index of the last non-zero byte; no entry can start after limit-2
-	pre   *prefixCRC
+	pre   *walPrefixCRC
 }
 
-// directCRCMax is the body length up to which a candidate is hashed directly.
-const directCRCMax = 2048
+// walDirectCRCMax is the body length up to which a candidate is hashed directly.
+const walDirectCRCMax = 512
 
-func (s *searcher) next(from int) (int, bool) {
+func (s *walSearcher) next(from int) (int, bool) {
 	data := s.data
-	for p := from; p+minEntryLen <= len(data) && p+2 <= s.limit; p++ {
+	for p := from; p+walMinEntryLen <= len(data) && p+2 <= s.limit; p++ {
 		if data[p+2] == 0 {
-			q := nextNonZero(data, p+2)
+			q := s.zeros.next(p + 2)
 			p = q - 2
-			if p+minEntryLen > len(data) || p+2 > s.limit {
+			if p+walMinEntryLen > len(data) || p+2 > s.limit {
 				break
 			}
 		}
-		if meta := data[p]; meta&unusedMetaBits != 0 || meta&txnMetaBits == txnMetaBits {
+		if meta := data[p]; meta&walUnusedMetaBits != 0 || meta&walTxnMetaBits == walTxnMetaBits {
 			continue
 		}
-		_, hlen, klen, vlen, ok := decodeHeader(data, p)
+		_, hlen, klen, vlen, ok := walDecodeHeader(data, p)
 		if !ok {
 			continue
 		}
-		m, ok := bodyLen(data, p, hlen, klen, vlen)
+		m, ok := walBodyLen(data, p, hlen, klen, vlen)
 		if !ok {
 			continue
 		}
 		want := binary.BigEndian.Uint32(data[p+m:])
 		var got uint32
-		if m <= directCRCMax {
-			got = crc32.Update(0, castagnoli, data[p:p+m])
+		if m <= walDirectCRCMax {
+			got = crc32.Update(0, walCRCTable, data[p:p+m])
 		} else {
 			if s.pre == nil {
-				s.pre = newPrefixCRC(data, from)
+				s.pre = newWALPrefixCRC(data, from)
 			}
 			got = s.pre.rangeCRC(p, p+m)
 		}
@@ -363,13 +372,92 @@ func (s *searcher) next(from int) (int, bool) {
 	return 0, false
 }
 
-var zeroBlock [4096]byte
+var walZeroBlock [4096]byte
 
-// nextNonZero returns the index of the first non-zero byte at or after i, or
-// len(b).
-func nextNonZero(b []byte, i int) int {
-	for i+len(zeroBlock) <= len(b) && bytes.Equal(b[i:i+len(zeroBlock)], zeroBlock[:]) {
-		i += len(zeroBlock)
+// walExtent is a byte range [start, end) of a file that may hold data.
+type walExtent struct{ start, end int64 }
+
+// walDataExtents lists the data regions of f within [from, size), skipping holes
+// with SEEK_DATA/SEEK_HOLE where the OS has them. Without them, or on any
+// error, the whole range is one extent. Holes always read as zeros, so
+// skipping them never changes a result.
+func walDataExtents(f *os.File, from, size int64) []walExtent {
+	whole := []walExtent{{from, size}}
+	var seekData, seekHole int
+	switch runtime.GOOS {
+	case "linux", "freebsd", "illumos", "solaris":
+		seekData, seekHole = 3, 4
+	case "darwin", "ios":
+		seekData, seekHole = 4, 3
+	default:
+		return whole
+	}
+	var ext []walExtent
+	for off := from; off < size; {
+		d, err := f.Seek(off, seekData)
+		if err != nil {
+			// ENXIO means only hole from off to EOF. Confirm that portably
+			// (no errno constants on every OS): off must be in a hole.
+			if h, herr := f.Seek(off, seekHole); herr == nil && h == off {
+				break
+			}
+			return whole
+		}
+		if d < off || d > size {
+			return whole
+		}
+		if d == size {
+			break
+		}
+		h, err := f.Seek(d, seekHole)
+		if err != nil || h <= d {
+			return whole
+		}
+		h = min(h, size)
+		ext = append(ext, walExtent{d, h})
+		off = h
+		if len(ext) > 1<<16 { // absurdly fragmented; just read it all
+			return whole
+		}
+	}
+	return ext
+}
+
+// walZeros finds non-zero bytes in data, looking only inside ext.
+type walZeros struct {
+	data []byte
+	ext  []walExtent
+}
+
+// next returns the index of the first non-zero byte at or after i, or
+// len(data).
+func (z walZeros) next(i int) int {
+	k := sort.Search(len(z.ext), func(k int) bool { return int(z.ext[k].end) > i })
+	for ; k < len(z.ext); k++ {
+		start, end := int(z.ext[k].start), int(z.ext[k].end)
+		if j := walNextNonZero(z.data[:end], max(i, start)); j < end {
+			return j
+		}
+	}
+	return len(z.data)
+}
+
+// last returns the index of the last non-zero byte at or after from, or -1.
+func (z walZeros) last(from int) int {
+	for k := len(z.ext) - 1; k >= 0 && int(z.ext[k].end) > from; k-- {
+		start, end := int(z.ext[k].start), int(z.ext[k].end)
+		if j := walLastNonZero(z.data[:end], max(from, start)); j >= 0 {
+			return j
+		}
+	}
+	return -1
+}
+
+// walNextNonZero returns the index of the first non-zero byte in b at or after
+// i, or len(b).
+func walNextNonZero(b []byte, i int) int {
+	for i+len(walZeroBlock) <= len(b) && bytes.Equal(b[i:i+len(walZeroBlock)], walZeroBlock[:]) {
+		i += len(walZeroBlock)
 	}
 	for i+8 <= len(b) && binary.LittleEndian.Uint64(b[i:]) == 0 {
 		i += 8
@@ -380,12 +468,12 @@ func nextNonZero(b []byte, i int) int {
 	return i
 }
 
-// lastNonZero returns the index of the last non-zero byte at or after from,
-// or -1.
-func lastNonZero(b []byte, from int) int {
+// walLastNonZero returns the index of the last non-zero byte in b at or after
+// from, or -1.
+func walLastNonZero(b []byte, from int) int {
 	i := len(b)
-	for i-len(zeroBlock) >= from && bytes.Equal(b[i-len(zeroBlock):i], zeroBlock[:]) {
-		i -= len(zeroBlock)
+	for i-len(walZeroBlock) >= from && bytes.Equal(b[i-len(walZeroBlock):i], walZeroBlock[:]) {
+		i -= len(walZeroBlock)
 	}
 	for i-8 >= from && binary.LittleEndian.Uint64(b[i-8:]) == 0 {
 		i -= 8
@@ -399,89 +487,105 @@ func lastNonZero(b []byte, from int) int {
 	return i - 1
 }
 
-// prefixCRC gives the CRC32-C of any data[i:j] (base ≤ i ≤ j) in O(1).
+// walPrefixCRC gives the CRC32-C of any data[i:j] (base ≤ i ≤ j) in O(1).
 //
 // With C(k) = crc(data[base:k]), CRC linearity gives
 //
 //	crc(data[i:j]) = C(j) ^ shift(C(i), j-i)
 //
 // where shift multiplies by x^(8n) modulo the polynomial (zlib's
-// crc32_combine). C is kept at checkpoints every prefixStride bytes, extended
-// lazily, and finished with at most prefixStride bytes of direct hashing.
-type prefixCRC struct {
+// crc32_combine). C is kept at checkpoints every walPrefixStride bytes, extended
+// lazily, and finished with at most walPrefixStride bytes of direct hashing.
+type walPrefixCRC struct {
 	data []byte
 	base int
-	cps  []uint32 // cps[k] = crc(data[base : base+k*prefixStride])
+	cps  []uint32 // cps[k] = crc(data[base : base+k*walPrefixStride])
+
+	// The search asks for the start of the next candidate a few bytes after
+	// the previous one; remember the last start to extend it cheaply.
+	lastI int
+	lastC uint32
 }
 
-const prefixStride = 512
+const walPrefixStride = 512
 
-func newPrefixCRC(data []byte, base int) *prefixCRC {
-	return &prefixCRC{data: data, base: base, cps: []uint32{0}}
+func newWALPrefixCRC(data []byte, base int) *walPrefixCRC {
+	return &walPrefixCRC{data: data, base: base, cps: []uint32{0}, lastI: base}
 }
 
-func (p *prefixCRC) prefix(i int) uint32 {
-	k := (i - p.base) / prefixStride
+func (p *walPrefixCRC) prefix(i int) uint32 {
+	k := (i - p.base) / walPrefixStride
 	for len(p.cps) <= k {
 		n := len(p.cps) - 1
-		start := p.base + n*prefixStride
-		p.cps = append(p.cps, crc32.Update(p.cps[n], castagnoli, p.data[start:start+prefixStride]))
+		start := p.base + n*walPrefixStride
+		p.cps = append(p.cps, crc32.Update(p.cps[n], walCRCTable, p.data[start:start+walPrefixStride]))
 	}
-	start := p.base + k*prefixStride
-	return crc32.Update(p.cps[k], castagnoli, p.data[start:i])
+	start := p.base + k*walPrefixStride
+	return crc32.Update(p.cps[k], walCRCTable, p.data[start:i])
 }
 
-func (p *prefixCRC) rangeCRC(i, j int) uint32 {
-	return p.prefix(j) ^ crcShift(p.prefix(i), uint64(j-i))
+// start is prefix(i) for ascending i.
+func (p *walPrefixCRC) start(i int) uint32 {
+	if i < p.lastI || i-p.lastI > walPrefixStride {
+		p.lastC = p.prefix(i)
+	} else {
+		p.lastC = crc32.Update(p.lastC, walCRCTable, p.data[p.lastI:i])
+	}
+	p.lastI = i
+	return p.lastC
+}
+
+func (p *walPrefixCRC) rangeCRC(i, j int) uint32 {
+	return p.prefix(j) ^ walCRCShift(p.start(i), uint64(j-i))
 }
 
 // GF(2) arithmetic for CRC32-C in reflected bit order (as in zlib).
-const castagnoliReflected = 0x82F63B78
+const walCastagnoliReflected = 0x82F63B78
 
-// gfMul returns a*b modulo the Castagnoli polynomial (branch-free; the
+// walGFMul returns a*b modulo the Castagnoli polynomial (branch-free; the
 // forward search calls it for every long candidate).
-func gfMul(a, b uint32) uint32 {
+func walGFMul(a, b uint32) uint32 {
 	var p uint32
 	for i := 31; i >= 0; i-- {
 		p ^= b & -(a >> uint(i) & 1)
-		b = b>>1 ^ castagnoliReflected&-(b&1)
+		b = b>>1 ^ walCastagnoliReflected&-(b&1)
 	}
 	return p
 }
 
 var (
-	shiftTabOnce sync.Once
-	shiftLo      []uint32 // x^(8n) for n < 1<<16
-	shiftHi      []uint32 // x^(8n·2^16) for n < 1<<16
+	walShiftOnce sync.Once
+	walShiftLo   []uint32 // x^(8n) for n < 1<<16
+	walShiftHi   []uint32 // x^(8n·2^16) for n < 1<<16
 )
 
-func buildShiftTables() {
+func walBuildShiftTables() {
 	const one = uint32(1) << 31 // x^0
 	x := uint32(1) << 30        // x^1
-	x8 := gfMul(gfMul(x, x), gfMul(x, x))
-	x8 = gfMul(x8, x8) // x^8
-	shiftLo = make([]uint32, 1<<16)
-	shiftLo[0] = one
-	for i := 1; i < len(shiftLo); i++ {
-		shiftLo[i] = gfMul(x8, shiftLo[i-1])
+	x8 := walGFMul(walGFMul(x, x), walGFMul(x, x))
+	x8 = walGFMul(x8, x8) // x^8
+	walShiftLo = make([]uint32, 1<<16)
+	walShiftLo[0] = one
+	for i := 1; i < len(walShiftLo); i++ {
+		walShiftLo[i] = walGFMul(x8, walShiftLo[i-1])
 	}
-	step := gfMul(x8, shiftLo[len(shiftLo)-1]) // x^(8·2^16)
-	shiftHi = make([]uint32, 1<<16)
-	shiftHi[0] = one
-	for i := 1; i < len(shiftHi); i++ {
-		shiftHi[i] = gfMul(step, shiftHi[i-1])
+	step := walGFMul(x8, walShiftLo[len(walShiftLo)-1]) // x^(8·2^16)
+	walShiftHi = make([]uint32, 1<<16)
+	walShiftHi[0] = one
+	for i := 1; i < len(walShiftHi); i++ {
+		walShiftHi[i] = walGFMul(step, walShiftHi[i-1])
 	}
 }
 
-// crcShift returns crc as if n zero bytes had been appended to the raw CRC
+// walCRCShift returns crc as if n zero bytes had been appended to the raw CRC
 // register, i.e. crc·x^(8n) mod P. n must be < 2^32.
-func crcShift(crc uint32, n uint64) uint32 {
-	shiftTabOnce.Do(buildShiftTables)
-	m := shiftLo[n&0xFFFF]
+func walCRCShift(crc uint32, n uint64) uint32 {
+	walShiftOnce.Do(walBuildShiftTables)
+	m := walShiftLo[n&0xFFFF]
 	if hi := (n >> 16) & 0xFFFF; hi != 0 {
-		m = gfMul(m, shiftHi[hi])
+		m = walGFMul(m, walShiftHi[hi])
 	}
-	return gfMul(m, crc)
+	return walGFMul(m, crc)
 }
 
 // Quarantine copies every *.mem, *.vlog and MANIFEST file in dir (plus
@@ -525,22 +629,22 @@ func Quarantine(dir string, now time.Time) (string, error) {
 		dest = filepath.Join(parent, fmt.Sprintf("%s-%d", stem, i))
 	}
 	for _, name := range names {
-		if err := copyFileSync(filepath.Join(abs, name), filepath.Join(dest, name)); err != nil {
+		if err := walCopyFile(filepath.Join(abs, name), filepath.Join(dest, name)); err != nil {
 			return dest, fmt.Errorf("store: quarantine: %w", err)
 		}
 	}
-	if err := syncDir(dest); err != nil {
+	if err := walSyncDir(dest); err != nil {
 		return dest, fmt.Errorf("store: quarantine: %w", err)
 	}
-	if err := syncDir(parent); err != nil {
+	if err := walSyncDir(parent); err != nil {
 		return dest, fmt.Errorf("store: quarantine: %w", err)
 	}
 	return dest, nil
 }
 
-// copyFileSync copies src to a new file dst, leaving all-zero blocks as
+// walCopyFile copies src to a new file dst, leaving all-zero blocks as
 // holes, and fsyncs dst.
-func copyFileSync(src, dst string) (err error) {
+func walCopyFile(src, dst string) (err error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -559,37 +663,39 @@ func copyFileSync(src, dst string) (err error) {
 			err = cerr
 		}
 	}()
+	size := fi.Size()
 	buf := make([]byte, 1<<20)
-	var off int64
-	for {
-		n, rerr := io.ReadFull(in, buf)
-		for i := 0; i < n; i += len(zeroBlock) {
-			j := min(i+len(zeroBlock), n)
-			if bytes.Equal(buf[i:j], zeroBlock[:j-i]) {
-				continue
+	for _, e := range walDataExtents(in, 0, size) {
+		for off := e.start; off < e.end; {
+			n := int(min(int64(len(buf)), e.end-off))
+			if _, err := in.ReadAt(buf[:n], off); err != nil {
+				return fmt.Errorf("%s: %w", src, err)
 			}
-			if _, err := out.WriteAt(buf[i:j], off+int64(i)); err != nil {
-				return err
+			for i := 0; i < n; i += len(walZeroBlock) {
+				j := min(i+len(walZeroBlock), n)
+				if bytes.Equal(buf[i:j], walZeroBlock[:j-i]) {
+					continue // leave a hole
+				}
+				if _, err := out.WriteAt(buf[i:j], off+int64(i)); err != nil {
+					return err
+				}
 			}
-		}
-		off += int64(n)
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		}
-		if rerr != nil {
-			return rerr
+			off += int64(n)
 		}
 	}
-	if off != fi.Size() {
-		return fmt.Errorf("%s: read %d bytes, expected %d", src, off, fi.Size())
+	// Extend over trailing holes; a file that changed size under us is an error.
+	if fi2, err := in.Stat(); err != nil {
+		return err
+	} else if fi2.Size() != size {
+		return fmt.Errorf("%s changed size while copying (%d → %d bytes)", src, size, fi2.Size())
 	}
-	if err := out.Truncate(off); err != nil { // extend over trailing holes
+	if err := out.Truncate(size); err != nil {
 		return err
 	}
 	return out.Sync()
 }
 
-func syncDir(dir string) error {
+func walSyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
