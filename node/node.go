@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -80,6 +82,12 @@ type InitParams struct {
 	Node      string
 	Series    string // "" derives it from Node
 	AdminName string
+	// Announce, if set, is called with the result (the admin token) after
+	// the data dir is built and before it is moved into place. If the
+	// process dies before Announce returns, no node exists at Dir and init
+	// can simply be run again: a node whose admin token nobody saw is
+	// never left behind.
+	Announce func(InitResult) error
 }
 
 // InitResult is what `ward init` prints.
@@ -114,11 +122,22 @@ func Init(ctx context.Context, cfg Config, p InitParams) (InitResult, error) {
 	if err := schema.ValidateText("admin-name", p.AdminName, schema.MaxNameLen, true); err != nil {
 		return InitResult{}, err
 	}
+	if _, err := os.Stat(filepath.Join(cfg.Dir, "MANIFEST")); err == nil {
+		return InitResult{}, fmt.Errorf("%w: %s is already initialized", schema.ErrConflict, cfg.Dir)
+	}
+	if entries, err := os.ReadDir(cfg.Dir); err == nil && len(entries) > 0 {
+		return InitResult{}, fmt.Errorf("%w: %s is not empty; init wants a new or empty directory", schema.ErrConflict, cfg.Dir)
+	}
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return InitResult{}, err
 	}
-	st, err := store.Open(store.Options{Dir: cfg.Dir, EncryptionKey: cfg.EncryptionKey, Logger: cfg.Logger, Create: true})
+	// Build the node beside its final place and rename it in at the end.
+	partial := filepath.Clean(cfg.Dir) + ".init-partial"
+	if err := os.RemoveAll(partial); err != nil {
+		return InitResult{}, err
+	}
+	st, err := store.Open(store.Options{Dir: partial, EncryptionKey: cfg.EncryptionKey, Logger: cfg.Logger, Create: true})
 	if err != nil {
 		return InitResult{}, err
 	}
@@ -132,10 +151,38 @@ func Init(ctx context.Context, cfg Config, p InitParams) (InitResult, error) {
 		}
 		return tx.PutOfficial(admin)
 	})
+	if err == nil {
+		err = st.Close()
+	}
+	res := InitResult{Node: p.Node, Ward: p.Ward, Series: series, AdminID: admin.ID, AdminToken: token}
+	if err == nil && p.Announce != nil {
+		err = p.Announce(res)
+	}
+	if err == nil {
+		err = moveInto(partial, cfg.Dir)
+	}
 	if err != nil {
+		os.RemoveAll(partial)
 		return InitResult{}, err
 	}
-	return InitResult{Node: p.Node, Ward: p.Ward, Series: series, AdminID: admin.ID, AdminToken: token}, st.Close()
+	return res, nil
+}
+
+// moveInto renames dir src to dst (replacing an empty dst) and fsyncs the
+// parent so the rename itself survives a power cut.
+func moveInto(src, dst string) error {
+	if err := os.Remove(dst); err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("init: %w", err)
+	}
+	if err := os.Rename(src, dst); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	parent, err := os.Open(filepath.Dir(filepath.Clean(dst)))
+	if err != nil {
+		return err
+	}
+	defer parent.Close()
+	return parent.Sync()
 }
 
 // Open opens an initialized node.
@@ -227,4 +274,21 @@ var errNoDossier = fmt.Errorf("%w: no such dossier", schema.ErrNotFound)
 
 func actorOf(o store.Official) schema.Actor {
 	return schema.Actor{ID: o.ID, Name: o.Name, Role: o.Role}
+}
+
+// ResetToken issues a new token for an official of a stopped node (for a
+// lost admin token: whoever holds the data dir already holds everything in
+// it). The old token stops working.
+func ResetToken(ctx context.Context, cfg Config, official string) (string, error) {
+	cfg.defaults()
+	st, err := store.Open(store.Options{Dir: cfg.Dir, EncryptionKey: cfg.EncryptionKey, Logger: cfg.Logger})
+	if err != nil {
+		return "", err
+	}
+	defer st.Close()
+	token, hash := newToken()
+	if err := st.Write(ctx, func(tx *store.Tx) error { return tx.ReplaceToken(official, hash) }); err != nil {
+		return "", err
+	}
+	return token, st.Close()
 }

@@ -54,6 +54,27 @@ func wardCommand() *cli.Command {
 				Action: wardRestore,
 			}),
 			withConfig(&cli.Command{
+				Name:  "reset-token",
+				Usage: "issue a new token for an official of a stopped node (e.g. a lost admin token)",
+				Flags: []cli.Flag{dataFlag, encKeyFlag, logLevelFlag, logFormatFlag,
+					str("official", "official `ID`", "WARDSYNC_RESET_OFFICIAL", "admin")},
+				Action: func(c *cli.Context) error {
+					cfg, err := nodeConfig(c)
+					if err != nil {
+						return err
+					}
+					token, err := node.ResetToken(c.Context, cfg, c.String("official"))
+					if errors.Is(err, schema.ErrNotFound) {
+						return fmt.Errorf("--official: %w", err)
+					}
+					if err != nil {
+						return fmt.Errorf("--data %s: %w", cfg.Dir, err)
+					}
+					fmt.Fprintf(c.App.Writer, "New token for %s (the old one no longer works):\n%s\n", c.String("official"), token)
+					return nil
+				},
+			}),
+			withConfig(&cli.Command{
 				Name:  "repair",
 				Usage: "accept the loss after log damage: keep a copy of the damaged files, then open and truncate",
 				Flags: []cli.Flag{dataFlag, encKeyFlag, logLevelFlag, logFormatFlag,
@@ -128,8 +149,19 @@ func wardInit(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := node.Init(c.Context, cfg, node.InitParams{
+	announce := func(res node.InitResult) error {
+		if c.Bool("json") {
+			return json.NewEncoder(c.App.Writer).Encode(res)
+		}
+		w := c.App.Writer
+		fmt.Fprintf(w, "Initialized node %s for ward %s in %s\n", res.Node, res.Ward, cfg.Dir)
+		fmt.Fprintf(w, "Receipt series: %s\n", res.Series)
+		_, err := fmt.Fprintf(w, "Admin %q token (shown once; keep it safe):\n%s\n", res.AdminID, res.AdminToken)
+		return err
+	}
+	_, err = node.Init(c.Context, cfg, node.InitParams{
 		Ward: c.String("ward"), Node: c.String("node"), Series: c.String("series"), AdminName: c.String("admin-name"),
+		Announce: announce,
 	})
 	if err != nil {
 		var fe *schema.FieldError
@@ -141,13 +173,6 @@ func wardInit(c *cli.Context) error {
 		}
 		return err
 	}
-	if c.Bool("json") {
-		return json.NewEncoder(c.App.Writer).Encode(res)
-	}
-	w := c.App.Writer
-	fmt.Fprintf(w, "Initialized node %s for ward %s in %s\n", res.Node, res.Ward, cfg.Dir)
-	fmt.Fprintf(w, "Receipt series: %s\n", res.Series)
-	fmt.Fprintf(w, "Admin %q token (shown once; keep it safe):\n%s\n", res.AdminID, res.AdminToken)
 	return nil
 }
 

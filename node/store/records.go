@@ -417,3 +417,22 @@ func (tx *Tx) Stats(ward string) (Stats, error) {
 	})
 	return st, err
 }
+
+// ReplaceToken gives an official a new token hash; the old token stops
+// working in the same write.
+func (tx *Tx) ReplaceToken(id string, hash []byte) error {
+	o, ok, err := tx.Official(id)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: no official %q", schema.ErrNotFound, id)
+	}
+	tx.del(tokenKey(o.TokenHash))
+	o.TokenHash = hash
+	if err := setJSON(tx, officialKey(id), o); err != nil {
+		return err
+	}
+	tx.set(tokenKey(hash), []byte(id))
+	return nil
+}

@@ -140,6 +140,9 @@ func Open(o Options) (*Store, error) {
 			// acknowledged; badger drops it on open.
 			o.Logger.Warn("store: discarding unfinished write at end of log",
 				"file", t.File, "offset", t.Offset, "bytes", t.Bytes)
+			if err := ClearTornTail(t); err != nil {
+				return nil, err
+			}
 		}
 	}
 	db, err := badger.Open(badgerOptions(o))

@@ -125,11 +125,22 @@ func CheckLogs(dir string) ([]TornTail, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: check logs: %w", err)
 	}
+	// Badger replays (and cuts) every .mem file but only the newest .vlog;
+	// older value logs are never truncated, and damage there surfaces as a
+	// checksum error when the value is read (VerifyValueChecksum). So only
+	// the files badger may cut are checked: damage elsewhere is not silent,
+	// and `ward repair` could not clear it anyway.
+	newestVlog := ""
+	for _, de := range entries {
+		if name := de.Name(); strings.HasSuffix(name, ".vlog") && name > newestVlog {
+			newestVlog = name // names are zero-padded file IDs: %06d.vlog
+		}
+	}
 	var tails []TornTail
 	var damage error
 	for _, de := range entries {
 		name := de.Name()
-		if !strings.HasSuffix(name, ".mem") && !strings.HasSuffix(name, ".vlog") {
+		if !strings.HasSuffix(name, ".mem") && name != newestVlog {
 			continue
 		}
 		if !de.Type().IsRegular() {
@@ -705,4 +716,29 @@ func walSyncDir(dir string) error {
 		return err
 	}
 	return nil
+}
+
+// ClearTornTail zeroes a torn tail in place and fsyncs the file, so badger
+// sees a clean end there. Badger would cut it anyway, but it decodes the
+// garbage first, and a garbage length can make it allocate gigabytes or
+// panic (lengths are added in 32 bits). The bytes are a write that never
+// finished, so never an acknowledged one.
+func ClearTornTail(t TornTail) error {
+	f, err := os.OpenFile(t.File, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("store: clear torn tail: %w", err)
+	}
+	defer f.Close()
+	zeros := make([]byte, 64<<10)
+	for off, end := t.Offset, t.Offset+t.Bytes; off < end; {
+		n := min(int64(len(zeros)), end-off)
+		if _, err := f.WriteAt(zeros[:n], off); err != nil {
+			return fmt.Errorf("store: clear torn tail: %w", err)
+		}
+		off += n
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("store: clear torn tail: %w", err)
+	}
+	return f.Close()
 }
