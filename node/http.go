@@ -2,14 +2,11 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"reflect"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -17,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/wardsync/wardsync/node/httpjson"
 	"github.com/wardsync/wardsync/node/store"
 	"github.com/wardsync/wardsync/schema"
 )
@@ -49,7 +47,7 @@ func (n *Node) Handler() http.Handler {
 	authed("GET /v1/admin/backup", n.handleBackup)
 	// Anything else is a JSON 404, not the mux's text page.
 	route("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, r, fmt.Errorf("%w: no route %s %s", schema.ErrNotFound, r.Method, r.URL.Path), n.log)
+		httpjson.WriteError(w, r, fmt.Errorf("%w: no route %s %s", schema.ErrNotFound, r.Method, r.URL.Path), n.log)
 	}))
 	return mux
 }
@@ -111,7 +109,7 @@ func (n *Node) instrument(route string, h http.Handler) http.Handler {
 					panic(p) // deliberate abort of a streamed response
 				}
 				n.log.Error("panic in handler", "route", route, "panic", p, "stack", string(debug.Stack()))
-				writeError(rec, r, fmt.Errorf("internal error"), n.log)
+				httpjson.WriteError(rec, r, fmt.Errorf("internal error"), n.log)
 			}
 			n.metrics.requests.WithLabelValues(route, strconv.Itoa(rec.code)).Inc()
 			n.metrics.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
@@ -126,163 +124,34 @@ func (n *Node) withAuth(h func(http.ResponseWriter, *http.Request, store.Officia
 		scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
 		if !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(token) == "" {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="wardsync"`)
-			writeError(w, r, fmt.Errorf("%w: send Authorization: Bearer TOKEN", schema.ErrUnauthorized), n.log)
+			httpjson.WriteError(w, r, fmt.Errorf("%w: send Authorization: Bearer TOKEN", schema.ErrUnauthorized), n.log)
 			return
 		}
 		who, err := n.Authenticate(strings.TrimSpace(token))
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="wardsync", error="invalid_token"`)
-			writeError(w, r, err, n.log)
+			httpjson.WriteError(w, r, err, n.log)
 			return
 		}
 		if err := h(w, r, who); err != nil {
-			writeError(w, r, err, n.log)
+			httpjson.WriteError(w, r, err, n.log)
 		}
 	})
-}
-
-// apiError is the body of every error response. Allowed is omitzero, not
-// omitempty: a 409 from a final status must still say "allowed":[]
-// (writeError sets a non-nil empty slice for it).
-type apiError struct {
-	Code    string          `json:"code"`
-	Message string          `json:"message"`
-	Field   string          `json:"field,omitempty"`
-	Allowed []schema.Status `json:"allowed,omitzero"`
-}
-
-// writeError is the one place errors become HTTP status codes.
-func writeError(w http.ResponseWriter, r *http.Request, err error, log *slog.Logger) {
-	status, body := http.StatusInternalServerError, apiError{Code: "internal", Message: "internal error"}
-	var fe *schema.FieldError
-	var te *schema.TransitionError
-	var mbe *http.MaxBytesError
-	var syn *json.SyntaxError
-	var typ *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &mbe):
-		status, body = http.StatusRequestEntityTooLarge, apiError{Code: "too_large", Message: fmt.Sprintf("request body is over %d bytes", mbe.Limit)}
-	case errors.As(err, &syn), errors.Is(err, io.ErrUnexpectedEOF):
-		status, body = http.StatusBadRequest, apiError{Code: "malformed_json", Message: "request body is not valid JSON: " + err.Error()}
-	case errors.As(err, &typ) && typ.Field == "":
-		status, body = http.StatusBadRequest, apiError{Code: "invalid", Message: "request body must be a JSON object, not " + typ.Value}
-	case errors.As(err, &typ):
-		status, body = http.StatusBadRequest, apiError{Code: "invalid_field", Field: typ.Field,
-			Message: fmt.Sprintf("%s must be %s, not %s", typ.Field, jsonKind(typ.Type), typ.Value)}
-	case errors.As(err, &fe):
-		status, body = http.StatusBadRequest, apiError{Code: "invalid_field", Field: fe.Field, Message: fe.Error()}
-	case errors.As(err, &te):
-		status = http.StatusConflict
-		body = apiError{Code: "transition_not_allowed", Message: te.Error(), Allowed: te.Allowed}
-		if te.RoleDenied {
-			status, body.Code = http.StatusForbidden, "role_not_allowed"
-		}
-		if body.Allowed == nil {
-			body.Allowed = []schema.Status{}
-		}
-	case errors.Is(err, schema.ErrInvalid):
-		status, body = http.StatusBadRequest, apiError{Code: "invalid", Message: err.Error()}
-	case errors.Is(err, schema.ErrUnauthorized):
-		status, body = http.StatusUnauthorized, apiError{Code: "unauthorized", Message: err.Error()}
-	case errors.Is(err, schema.ErrForbidden):
-		status, body = http.StatusForbidden, apiError{Code: "forbidden", Message: err.Error()}
-	case errors.Is(err, schema.ErrNotFound):
-		status, body = http.StatusNotFound, apiError{Code: "not_found", Message: err.Error()}
-	case errors.Is(err, schema.ErrConflict):
-		status, body = http.StatusConflict, apiError{Code: "conflict", Message: err.Error()}
-	case errors.Is(err, schema.ErrTooLarge):
-		status, body = http.StatusRequestEntityTooLarge, apiError{Code: "too_large", Message: err.Error()}
-	case errors.Is(err, store.ErrClosed), errors.Is(err, context.Canceled):
-		status, body = http.StatusServiceUnavailable, apiError{Code: "unavailable", Message: "the node is shutting down"}
-	default:
-		log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		if errors.Is(err, store.ErrFailed) {
-			status, body = http.StatusServiceUnavailable, apiError{Code: "storage_failed", Message: "the node's storage failed; nothing was saved. Call city IT."}
-		}
-	}
-	writeJSON(w, status, map[string]apiError{"error": body})
-}
-
-// jsonKind names the JSON type a Go type decodes from, for error messages
-// (a client knows "a string", not "schema.Status").
-func jsonKind(t reflect.Type) string {
-	if t == nil {
-		return "a JSON value"
-	}
-	switch t.Kind() {
-	case reflect.String:
-		return "a string"
-	case reflect.Bool:
-		return "true or false"
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
-		reflect.Float32, reflect.Float64:
-		return "a number"
-	case reflect.Slice, reflect.Array:
-		return "an array"
-	case reflect.Map, reflect.Struct:
-		return "an object"
-	case reflect.Pointer:
-		return jsonKind(t.Elem())
-	}
-	return "a JSON value"
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(v)
-}
-
-// decodeBody reads one JSON object into v: at most MaxBodyBytes, no
-// unknown fields (a typo must not be silently ignored), nothing after it.
-func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return &schema.FieldError{Field: "Content-Type", Reason: "must be application/json"}
-	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		if errors.Is(err, io.EOF) {
-			return fmt.Errorf("%w: request body is empty", schema.ErrInvalid)
-		}
-		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-			name, uerr := strconv.Unquote(f)
-			if uerr != nil {
-				name = strings.Trim(f, `"`)
-			}
-			if name == "" {
-				return fmt.Errorf("%w: request body has a field with an empty name", schema.ErrInvalid)
-			}
-			return &schema.FieldError{Field: name, Reason: "is not a known field"}
-		}
-		return err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return err
-		}
-		return fmt.Errorf("%w: request body has data after the JSON object", schema.ErrInvalid)
-	}
-	return nil
 }
 
 func (n *Node) handleHealth(w http.ResponseWriter, r *http.Request) {
 	body := map[string]any{"status": "ok", "node": n.id.Node, "ward": n.id.Ward}
 	if err := n.Healthy(); err != nil {
 		body["status"], body["error"] = "storage_failed", err.Error()
-		writeJSON(w, http.StatusServiceUnavailable, body)
+		httpjson.WriteJSON(w, http.StatusServiceUnavailable, body)
 		return
 	}
-	writeJSON(w, http.StatusOK, body)
+	httpjson.WriteJSON(w, http.StatusOK, body)
 }
 
 func (n *Node) handleCreate(w http.ResponseWriter, r *http.Request, who store.Official) error {
 	var in schema.NewDossier
-	if err := decodeBody(w, r, &in); err != nil {
+	if err := httpjson.DecodeBody(w, r, MaxBodyBytes, &in); err != nil {
 		return err
 	}
 	d, err := n.CreateDossier(r.Context(), who, in)
@@ -290,7 +159,7 @@ func (n *Node) handleCreate(w http.ResponseWriter, r *http.Request, who store.Of
 		return err
 	}
 	w.Header().Set("Location", "/v1/dossiers/"+d.ID)
-	writeJSON(w, http.StatusCreated, viewDossier(&d, n.now().UnixMilli(), true))
+	httpjson.WriteJSON(w, http.StatusCreated, viewDossier(&d, n.now().UnixMilli(), true))
 	return nil
 }
 
@@ -299,7 +168,7 @@ func (n *Node) handleGet(w http.ResponseWriter, r *http.Request, _ store.Officia
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, viewDossier(&d, n.now().UnixMilli(), true))
+	httpjson.WriteJSON(w, http.StatusOK, viewDossier(&d, n.now().UnixMilli(), true))
 	return nil
 }
 
@@ -308,7 +177,7 @@ func (n *Node) handleHistory(w http.ResponseWriter, r *http.Request, _ store.Off
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"id": d.ID, "items": viewHistory(&d)})
+	httpjson.WriteJSON(w, http.StatusOK, map[string]any{"id": d.ID, "items": viewHistory(&d)})
 	return nil
 }
 
@@ -359,7 +228,7 @@ func (n *Node) handleList(w http.ResponseWriter, r *http.Request, _ store.Offici
 	if next != "" {
 		nc = &next
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"items": views, "next_cursor": nc})
+	httpjson.WriteJSON(w, http.StatusOK, map[string]any{"items": views, "next_cursor": nc})
 	return nil
 }
 
@@ -368,7 +237,7 @@ func (n *Node) handleTransition(w http.ResponseWriter, r *http.Request, who stor
 		To   schema.Status `json:"to"`
 		Note string        `json:"note"`
 	}
-	if err := decodeBody(w, r, &in); err != nil {
+	if err := httpjson.DecodeBody(w, r, MaxBodyBytes, &in); err != nil {
 		return err
 	}
 	if in.To == "" {
@@ -382,7 +251,7 @@ func (n *Node) handleAssign(w http.ResponseWriter, r *http.Request, who store.Of
 	var in struct {
 		Official string `json:"official"`
 	}
-	if err := decodeBody(w, r, &in); err != nil {
+	if err := httpjson.DecodeBody(w, r, MaxBodyBytes, &in); err != nil {
 		return err
 	}
 	d, err := n.Assign(r.Context(), who, r.PathValue("id"), in.Official)
@@ -393,7 +262,7 @@ func (n *Node) handleNote(w http.ResponseWriter, r *http.Request, who store.Offi
 	var in struct {
 		Text string `json:"text"`
 	}
-	if err := decodeBody(w, r, &in); err != nil {
+	if err := httpjson.DecodeBody(w, r, MaxBodyBytes, &in); err != nil {
 		return err
 	}
 	d, err := n.Annotate(r.Context(), who, r.PathValue("id"), in.Text)
@@ -406,7 +275,7 @@ func (n *Node) handleResolve(w http.ResponseWriter, r *http.Request, who store.O
 		To       schema.Status `json:"to"`
 		Note     string        `json:"note"`
 	}
-	if err := decodeBody(w, r, &in); err != nil {
+	if err := httpjson.DecodeBody(w, r, MaxBodyBytes, &in); err != nil {
 		return err
 	}
 	d, err := n.Resolve(r.Context(), who, r.PathValue("id"), in.Conflict, in.To, in.Note)
@@ -417,7 +286,7 @@ func (n *Node) respondDossier(w http.ResponseWriter, d schema.Dossier, err error
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, viewDossier(&d, n.now().UnixMilli(), true))
+	httpjson.WriteJSON(w, http.StatusOK, viewDossier(&d, n.now().UnixMilli(), true))
 	return nil
 }
 
@@ -432,7 +301,7 @@ func (n *Node) handleProcedures(w http.ResponseWriter, r *http.Request, _ store.
 	for _, p := range n.catalog.All() {
 		items = append(items, item{p.Code, p.NameVI, p.NameEN, p.ProcessingDays})
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"items": items})
+	httpjson.WriteJSON(w, http.StatusOK, map[string]any{"items": items})
 	return nil
 }
 
@@ -448,7 +317,7 @@ func (n *Node) handleOfficials(w http.ResponseWriter, r *http.Request, who store
 	for _, o := range all {
 		items = append(items, viewOfficial(o, ""))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"items": items})
+	httpjson.WriteJSON(w, http.StatusOK, map[string]any{"items": items})
 	return nil
 }
 
@@ -462,19 +331,19 @@ func (n *Node) handleAddOfficial(w http.ResponseWriter, r *http.Request, who sto
 		Name string      `json:"name"`
 		Role schema.Role `json:"role"`
 	}
-	if err := decodeBody(w, r, &in); err != nil {
+	if err := httpjson.DecodeBody(w, r, MaxBodyBytes, &in); err != nil {
 		return err
 	}
 	o, token, err := n.AddOfficial(r.Context(), who, in.ID, in.Name, in.Role)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, viewOfficial(o, token))
+	httpjson.WriteJSON(w, http.StatusCreated, viewOfficial(o, token))
 	return nil
 }
 
 func (n *Node) handleMe(w http.ResponseWriter, r *http.Request, who store.Official) error {
-	writeJSON(w, http.StatusOK, map[string]any{"official": viewOfficial(who, ""), "node": n.id.Node, "ward": n.id.Ward})
+	httpjson.WriteJSON(w, http.StatusOK, map[string]any{"official": viewOfficial(who, ""), "node": n.id.Node, "ward": n.id.Ward})
 	return nil
 }
 
@@ -511,7 +380,7 @@ func (n *Node) handleStats(w http.ResponseWriter, r *http.Request, _ store.Offic
 	for _, c := range st.ByStatus {
 		total += c
 	}
-	writeJSON(w, http.StatusOK, map[string]any{
+	httpjson.WriteJSON(w, http.StatusOK, map[string]any{
 		"ward": ward, "total": total, "by_status": st.ByStatus, "overdue": overdue, "procedures": procs,
 	})
 	return nil

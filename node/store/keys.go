@@ -23,6 +23,12 @@ import (
 //	t/p/<procedure> 0 <decided|ontime>  counts for the on-time rate
 //	u/<official>                     official (role, name, token hash)
 //	ut/<token sha256>                official ID for a token hash
+//
+// On the city FSM only:
+//
+//	wc/<ward> 0 <index:8> <origin> 0 <seq:8>   per-ward change index by Raft commit index
+//	hw/<origin>                      highest seq committed from that origin
+//	m/applied                        last Raft index applied
 const sep = 0x00
 
 var (
@@ -38,6 +44,8 @@ var (
 	prefixProcCnt    = []byte("t/p/")
 	prefixOfficial   = []byte("u/")
 	prefixToken      = []byte("ut/")
+	prefixChange     = []byte("wc/")
+	prefixHighWater  = []byte("hw/")
 )
 
 // Metadata keys.
@@ -47,6 +55,7 @@ var (
 	keyHLC      = metaKey("hlc")
 	keyPrev     = metaKey("prev")
 	keyFormat   = metaKey("format")
+	keyApplied  = metaKey("applied")
 )
 
 // formatVersion is the key layout version written at init. A node refuses
@@ -113,6 +122,17 @@ func statusCountKey(ward string, st schema.Status) []byte {
 }
 
 func procCountKey(proc, what string) []byte { return cat(prefixProcCnt, proc, what) }
+
+func changeKey(ward string, index uint64, id schema.OpID) []byte {
+	k := cat(prefixChange, ward, index)
+	k = append(k, id.Origin...)
+	k = append(k, sep)
+	return binary.BigEndian.AppendUint64(k, id.Seq)
+}
+
+func changePrefix(ward string) []byte { return append(cat(prefixChange, ward), sep) }
+
+func highWaterKey(origin string) []byte { return cat(prefixHighWater, origin) }
 
 func officialKey(id string) []byte { return cat(prefixOfficial, id) }
 

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -179,4 +180,55 @@ func TestOpenClearsHostileTornTail(t *testing.T) {
 		}
 	}
 	s.Close()
+}
+
+// TestSnapshotRestoreVerifiesStateHash: a snapshot restores to the same
+// state hash while writes go on after it was taken, and a corrupted stream
+// is refused.
+func TestSnapshotRestoreVerifiesStateHash(t *testing.T) {
+	src := openTestStore(t)
+	for i := 0; i < 500; i++ {
+		if err := src.Write(context.Background(), func(tx *Tx) error {
+			tx.set([]byte(fmt.Sprintf("k%04d", i)), []byte(fmt.Sprintf("value %d", i)))
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := src.StateHash()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn := src.Snapshot()
+	// A write after the snapshot was taken is not in it.
+	if err := src.Write(context.Background(), func(tx *Tx) error { tx.set([]byte("later"), []byte("x")); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	sum, err := sn.Stream(&buf)
+	sn.Release()
+	if err != nil || sum != want {
+		t.Fatalf("Stream: %v, hash %x want %x", err, sum[:4], want[:4])
+	}
+	dst := openTestStore(t)
+	if err := dst.Write(context.Background(), func(tx *Tx) error { tx.set([]byte("stale"), []byte("y")); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Restore(bytes.NewReader(buf.Bytes())); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := dst.StateHash(); got != want {
+		t.Fatal("restored state hash differs")
+	}
+	if _, ok := readKey(t, dst, "stale"); ok {
+		t.Fatal("restore kept a key the snapshot does not have")
+	}
+	if _, ok := readKey(t, dst, "later"); ok {
+		t.Fatal("restore has a key written after the snapshot")
+	}
+	bad := append([]byte(nil), buf.Bytes()...)
+	bad[len(bad)/2] ^= 1
+	if err := dst.Restore(bytes.NewReader(bad)); !errors.Is(err, ErrSnapshotCorrupt) {
+		t.Fatalf("corrupted snapshot: %v, want ErrSnapshotCorrupt", err)
+	}
 }
