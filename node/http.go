@@ -159,7 +159,7 @@ func (n *Node) handleCreate(w http.ResponseWriter, r *http.Request, who store.Of
 		return err
 	}
 	w.Header().Set("Location", "/v1/dossiers/"+d.ID)
-	httpjson.WriteJSON(w, http.StatusCreated, viewDossier(&d, n.now().UnixMilli(), true))
+	httpjson.WriteJSON(w, http.StatusCreated, ViewDossier(&d, n.now().UnixMilli(), true))
 	return nil
 }
 
@@ -168,7 +168,7 @@ func (n *Node) handleGet(w http.ResponseWriter, r *http.Request, _ store.Officia
 	if err != nil {
 		return err
 	}
-	httpjson.WriteJSON(w, http.StatusOK, viewDossier(&d, n.now().UnixMilli(), true))
+	httpjson.WriteJSON(w, http.StatusOK, ViewDossier(&d, n.now().UnixMilli(), true))
 	return nil
 }
 
@@ -220,9 +220,9 @@ func (n *Node) handleList(w http.ResponseWriter, r *http.Request, _ store.Offici
 		return err
 	}
 	now := n.now().UnixMilli()
-	views := make([]dossierView, 0, len(items))
+	views := make([]DossierView, 0, len(items))
 	for i := range items {
-		views = append(views, viewDossier(&items[i], now, false))
+		views = append(views, ViewDossier(&items[i], now, false))
 	}
 	var nc *string
 	if next != "" {
@@ -286,7 +286,7 @@ func (n *Node) respondDossier(w http.ResponseWriter, d schema.Dossier, err error
 	if err != nil {
 		return err
 	}
-	httpjson.WriteJSON(w, http.StatusOK, viewDossier(&d, n.now().UnixMilli(), true))
+	httpjson.WriteJSON(w, http.StatusOK, ViewDossier(&d, n.now().UnixMilli(), true))
 	return nil
 }
 

@@ -12,7 +12,8 @@ import (
 // so the stored and hashed state can change without breaking clients, and
 // so times reach people as local RFC 3339 rather than milliseconds.
 
-type dossierView struct {
+// DossierView is a dossier as the APIs (ward and city) show it.
+type DossierView struct {
 	ID           string            `json:"id"`
 	ReceiptNo    string            `json:"receipt_no"`
 	Ward         string            `json:"ward"`
@@ -59,9 +60,9 @@ func localTime(ms int64) string {
 	return time.UnixMilli(ms).In(schema.CityZone).Format(time.RFC3339)
 }
 
-// viewDossier renders a dossier; full adds its history and state hash.
-func viewDossier(d *schema.Dossier, nowMillis int64, full bool) dossierView {
-	v := dossierView{
+// ViewDossier renders a dossier; full adds its history and state hash.
+func ViewDossier(d *schema.Dossier, nowMillis int64, full bool) DossierView {
+	v := DossierView{
 		ID: d.ID, ReceiptNo: d.ReceiptNo, Ward: d.Ward, Procedure: d.Procedure, Status: d.Status,
 		ReceivedAt: localTime(d.ReceivedAt), DueAt: localTime(d.DueAt), Overdue: d.Overdue(nowMillis),
 		Applicant: d.Applicant, Fields: d.Fields, AssigneeName: d.AssigneeName,

@@ -18,6 +18,8 @@ var (
 	ErrUnknownVersion = errors.New("unknown encoding version")
 	ErrBadSignature   = errors.New("bad signature")
 	ErrClockDrift     = errors.New("clock drift beyond limit")
+	// ErrUnavailable is a temporary refusal (no leader, no quorum): retry.
+	ErrUnavailable = errors.New("unavailable")
 )
 
 // FieldError says which input field is wrong and why.

@@ -39,10 +39,12 @@ func newApp() *cli.App {
 		EnableBashCompletion: true,
 		Commands: []*cli.Command{
 			wardCommand(),
+			cityCommand(),
 			dossierCommand(),
 			officialsCommand(),
 			proceduresCommand(),
 			statsCommand(),
+			opsCommand(),
 		},
 	}
 }

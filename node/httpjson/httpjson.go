@@ -71,6 +71,8 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error, log *slog.Log
 		status, body = http.StatusConflict, Error{Code: "conflict", Message: err.Error()}
 	case errors.Is(err, schema.ErrTooLarge):
 		status, body = http.StatusRequestEntityTooLarge, Error{Code: "too_large", Message: err.Error()}
+	case errors.Is(err, schema.ErrUnavailable):
+		status, body = http.StatusServiceUnavailable, Error{Code: "unavailable", Message: err.Error() + "; retry shortly"}
 	case errors.Is(err, store.ErrClosed), errors.Is(err, context.Canceled):
 		status, body = http.StatusServiceUnavailable, Error{Code: "unavailable", Message: "the server is shutting down"}
 	default:
@@ -149,4 +151,3 @@ func DecodeBody(w http.ResponseWriter, r *http.Request, max int64, v any) error 
 	}
 	return nil
 }
-

@@ -1,0 +1,376 @@
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wardsync/wardsync/ops/certs"
+)
+
+// cityEnv is a city of real `wardsync city run` processes on loopback QUIC,
+// with certificates made by the real `ops` commands.
+type cityEnv struct {
+	t       *testing.T
+	dir     string
+	quic    map[string]string // member ID → QUIC address
+	members map[string]*nodeProc
+	portal  *http.Client
+	admin   *http.Client
+}
+
+func freeUDP(t *testing.T) string {
+	t.Helper()
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().String()
+}
+
+func runOK(t *testing.T, args ...string) {
+	t.Helper()
+	out, err := exec.Command(wardsyncBin(t), args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("wardsync %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+func newCityEnv(t *testing.T, ids ...string) *cityEnv {
+	t.Helper()
+	e := &cityEnv{t: t, dir: t.TempDir(), quic: map[string]string{}, members: map[string]*nodeProc{}}
+	ca := filepath.Join(e.dir, "ca")
+	runOK(t, "ops", "ca", "init", "--out", ca)
+	for _, id := range append(ids, "c4") {
+		runOK(t, "ops", "cert", "issue", "--ca", ca, "--role", "city", "--node", id, "--ip", "127.0.0.1", "--out", filepath.Join(e.dir, "tls", id))
+		e.quic[id] = freeUDP(t)
+	}
+	runOK(t, "ops", "cert", "issue", "--ca", ca, "--role", "portal", "--node", "portal", "--out", filepath.Join(e.dir, "tls", "portal"))
+	runOK(t, "ops", "cert", "issue", "--ca", ca, "--role", "admin", "--node", "it-desk", "--out", filepath.Join(e.dir, "tls", "admin"))
+	e.portal = e.client("portal")
+	e.admin = e.client("admin")
+	return e
+}
+
+func (e *cityEnv) client(name string) *http.Client {
+	cert, pool, _, err := certs.LoadBundle(filepath.Join(e.dir, "tls", name), time.Now())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c := cityHTTPClient(cert, pool)
+	c.Timeout = 40 * time.Second
+	return c
+}
+
+func (e *cityEnv) bootstrapSpec(ids ...string) string {
+	var parts []string
+	for _, id := range ids {
+		parts = append(parts, id+"="+e.quic[id])
+	}
+	return strings.Join(parts, ",")
+}
+
+// start runs member id with extra flags (--bootstrap or --join).
+func (e *cityEnv) start(id string, extra ...string) *nodeProc {
+	e.t.Helper()
+	args := append([]string{"city", "run", "--data", filepath.Join(e.dir, "data", id), "--node", id,
+		"--quic", e.quic[id], "--http", "127.0.0.1:0", "--tls", filepath.Join(e.dir, "tls", id),
+		"--heartbeat-timeout", "400ms", "--election-timeout", "400ms",
+		"--snapshot-threshold", "40", "--trailing-logs", "10", "--snapshot-interval", "500ms",
+		"--log-level", "info"}, extra...)
+	p := startNode(e.t, exec.Command(wardsyncBin(e.t), args...))
+	e.members[id] = p
+	return p
+}
+
+type clusterView struct {
+	Leader  string `json:"leader"`
+	Members []struct {
+		ID           string  `json:"id"`
+		AppliedIndex *uint64 `json:"applied_index"`
+	} `json:"members"`
+}
+
+func (e *cityEnv) call(c *http.Client, method, url string, body any) (int, []byte) {
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, url, rd)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, []byte(err.Error())
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, data
+}
+
+// waitLeader waits until member id reports a leader among want.
+func (e *cityEnv) waitLeader(via string, not string) string {
+	e.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		code, body := e.call(e.admin, "GET", e.members[via].url+"/v1/cluster", nil)
+		var v clusterView
+		if code == 200 && json.Unmarshal(body, &v) == nil && v.Leader != "" && v.Leader != not {
+			return v.Leader
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.t.Fatalf("no leader seen through %s within 30s\nstderr:\n%s", via, e.members[via].stderr.String())
+	return ""
+}
+
+type portalDossier struct {
+	ID        string `json:"id"`
+	ReceiptNo string `json:"receipt_no"`
+	Ward      string `json:"ward"`
+	Status    string `json:"status"`
+}
+
+func (e *cityEnv) submit(via string, i int) (portalDossier, error) {
+	body := map[string]any{"procedure": "birth-registration", "ward": testWard(e.t),
+		"applicant": map[string]string{"name": fmt.Sprintf("Công dân %d", i), "id_number": fmt.Sprintf("%012d", 79_000_000_000+i)}}
+	code, data := e.call(e.portal, "POST", e.members[via].url+"/v1/dossiers", body)
+	if code != http.StatusCreated {
+		return portalDossier{}, fmt.Errorf("submit via %s: HTTP %d: %s", via, code, data)
+	}
+	var d portalDossier
+	return d, json.Unmarshal(data, &d)
+}
+
+// waitHas waits until member id holds every dossier in acked.
+func (e *cityEnv) waitHas(id string, acked map[string]string) {
+	e.t.Helper()
+	deadline := time.Now().Add(45 * time.Second)
+	for dID, receipt := range acked {
+		for {
+			code, body := e.call(e.admin, "GET", e.members[id].url+"/v1/dossiers/"+dID, nil)
+			if code == 200 {
+				var d portalDossier
+				json.Unmarshal(body, &d)
+				if d.ReceiptNo != receipt {
+					e.t.Fatalf("member %s has %s with receipt %s, acknowledged as %s", id, dID, d.ReceiptNo, receipt)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				e.t.Fatalf("member %s lacks acknowledged dossier %s (HTTP %d %s)\nstderr:\n%s", id, dID, code, body, e.members[id].stderr.String())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+// TestCityClusterSurvivesLeaderKill: portal submissions to any member are
+// committed and visible on all; SIGKILL of the leader loses nothing
+// committed; the old leader restarts and catches up from a snapshot after
+// the log was compacted past it.
+func TestCityClusterSurvivesLeaderKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	ids := []string{"c1", "c2", "c3"}
+	e := newCityEnv(t, ids...)
+	boot := e.bootstrapSpec(ids...)
+	for _, id := range ids {
+		e.start(id, "--bootstrap", boot)
+	}
+	leader := e.waitLeader("c1", "")
+	acked := map[string]string{}
+	receipts := map[string]bool{}
+	record := func(d portalDossier) {
+		if receipts[d.ReceiptNo] {
+			t.Fatalf("receipt %s issued twice", d.ReceiptNo)
+		}
+		receipts[d.ReceiptNo] = true
+		acked[d.ID] = d.ReceiptNo
+	}
+	// Submissions through every member: followers forward to the leader.
+	for i := 0; i < 30; i++ {
+		var d portalDossier
+		var err error
+		for try := 0; try < 50; try++ {
+			if d, err = e.submit(ids[i%3], i); err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond) // the city origin may still be initializing
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		record(d)
+	}
+	for _, id := range ids {
+		e.waitHas(id, acked)
+	}
+
+	// Kill the leader; a new one is elected among the others.
+	e.members[leader].kill9()
+	var alive []string
+	for _, id := range ids {
+		if id != leader {
+			alive = append(alive, id)
+		}
+	}
+	newLeader := e.waitLeader(alive[0], leader)
+	t.Logf("killed leader %s; new leader %s", leader, newLeader)
+	// Enough entries while it is down that its log position is compacted
+	// away (threshold 40, trailing 10): it must catch up from a snapshot.
+	for i := 30; i < 130; i++ {
+		d, err := e.submit(alive[i%2], i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		record(d)
+	}
+	for _, id := range alive {
+		e.waitHas(id, acked)
+	}
+	e.start(leader, "--bootstrap", boot) // --bootstrap is ignored: it has state
+	e.waitHas(leader, acked)
+	if !strings.Contains(e.members[leader].stderr.String(), "restored from snapshot") {
+		t.Errorf("the restarted member caught up without a snapshot; the test meant to exercise InstallSnapshot\n%s", e.members[leader].stderr.String())
+	}
+	for _, id := range ids {
+		e.members[id].stop()
+	}
+}
+
+// TestCityMembershipChangesUnderWrites: a 4th member joins and another is
+// removed while portal writes keep flowing; nothing acknowledged is lost.
+func TestCityMembershipChangesUnderWrites(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	ids := []string{"c1", "c2", "c3"}
+	e := newCityEnv(t, ids...)
+	boot := e.bootstrapSpec(ids...)
+	for _, id := range ids {
+		e.start(id, "--bootstrap", boot)
+	}
+	e.waitLeader("c1", "")
+
+	var mu sync.Mutex
+	acked := map[string]string{}
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	var failures atomic.Int64
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w * 100_000; !stop.Load(); i++ {
+				d, err := e.submit("c1", i)
+				if err != nil {
+					failures.Add(1)
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+				mu.Lock()
+				acked[d.ID] = d.ReceiptNo
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(time.Second)
+	e.start("c4", "--join", e.members["c1"].url)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := e.call(e.admin, "GET", e.members["c1"].url+"/v1/cluster", nil)
+		var v clusterView
+		json.Unmarshal(body, &v)
+		if code == 200 && len(v.Members) == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("c4 never joined: %s\n%s", body, e.members["c4"].stderr.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if code, body := e.call(e.admin, "DELETE", e.members["c1"].url+"/v1/cluster/members/c2", nil); code != 200 {
+		t.Fatalf("remove c2: HTTP %d %s", code, body)
+	}
+	time.Sleep(time.Second)
+	stop.Store(true)
+	wg.Wait()
+	mu.Lock()
+	n := len(acked)
+	mu.Unlock()
+	if n < 20 {
+		t.Fatalf("only %d writes acknowledged during the membership changes (%d failed)", n, failures.Load())
+	}
+	t.Logf("%d writes acknowledged during join and remove (%d retried)", n, failures.Load())
+	e.waitHas("c4", acked)
+	e.waitHas("c3", acked)
+	code, body := e.call(e.admin, "GET", e.members["c3"].url+"/v1/cluster", nil)
+	if code != 200 || strings.Contains(string(body), `"c2"`) {
+		t.Fatalf("c2 still in the configuration: %s", body)
+	}
+	// A portal certificate may not change membership.
+	if code, _ := e.call(e.portal, "DELETE", e.members["c1"].url+"/v1/cluster/members/c3", nil); code != http.StatusForbidden {
+		t.Fatalf("portal removing a member: HTTP %d, want 403", code)
+	}
+}
+
+// TestCityAPIRefusesWithoutCertificate: only /healthz answers a client
+// with no certificate; certificates from another CA are refused.
+func TestCityAPIRefusesWithoutCertificate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	e := newCityEnv(t, "c1")
+	e.start("c1", "--bootstrap", e.bootstrapSpec("c1"))
+	e.waitLeader("c1", "")
+	_, pool, _, err := certs.LoadBundle(filepath.Join(e.dir, "tls", "admin"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	anon := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}}}
+	if code, body := e.call(anon, "GET", e.members["c1"].url+"/healthz", nil); code != 200 {
+		t.Fatalf("healthz without certificate: HTTP %d %s", code, body)
+	}
+	code, body := e.call(anon, "GET", e.members["c1"].url+"/v1/cluster", nil)
+	if code != http.StatusUnauthorized || !strings.Contains(string(body), `"error"`) {
+		t.Fatalf("cluster without certificate: HTTP %d %s", code, body)
+	}
+	// A client certificate from another CA fails the TLS handshake.
+	other := filepath.Join(e.dir, "other")
+	runOK(t, "ops", "ca", "init", "--out", other)
+	runOK(t, "ops", "cert", "issue", "--ca", other, "--role", "admin", "--node", "intruder", "--out", filepath.Join(e.dir, "tls", "intruder"))
+	cert, _, _, err := certs.LoadBundle(filepath.Join(e.dir, "tls", "intruder"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	intruder := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		RootCAs: pool, ServerName: "127.0.0.1", Certificates: []tls.Certificate{cert}}}}
+	if code, _ := e.call(intruder, "GET", e.members["c1"].url+"/v1/cluster", nil); code != 0 {
+		t.Fatalf("a certificate from another CA got HTTP %d", code)
+	}
+	// Bad input to portal intake: a clear 4xx.
+	for _, body := range []any{map[string]any{"procedure": "birth-registration", "applicant": map[string]string{"name": "A", "id_number": "079123456789"}},
+		map[string]any{"procedure": "nope", "ward": testWard(t), "applicant": map[string]string{"name": "A", "id_number": "079123456789"}}} {
+		if code, data := e.call(e.portal, "POST", e.members["c1"].url+"/v1/dossiers", body); code != 400 {
+			t.Fatalf("bad portal body: HTTP %d %s", code, data)
+		}
+	}
+	_ = x509.NewCertPool
+}

@@ -1,0 +1,373 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/wardsync/wardsync/replication/transport"
+	"github.com/wardsync/wardsync/replication/wire"
+	"github.com/wardsync/wardsync/schema"
+)
+
+// Members talk to each other on the sync ALPN too: every stream starts
+// with Hello{Proto}, and the proto picks the handler. "cluster" carries
+// requests between members: a follower forwarding a proposal or an admin
+// change to the leader, or asking a member for its status. Wards' push and
+// pull (issue 4) register their own protos with HandleProto.
+
+// ProtoHandler serves one stream whose Hello named its proto.
+type ProtoHandler func(ctx context.Context, c *transport.Conn, s io.ReadWriteCloser, r *wire.Reader, hello *wire.Hello)
+
+// HandleProto registers a handler for streams of proto on the sync ALPN.
+// Call before the endpoint runs.
+func (c *Cluster) HandleProto(proto string, h ProtoHandler) { c.protos[proto] = h }
+
+const maxRPCFrame = 64 << 20
+
+func (c *Cluster) handleSync(ctx context.Context, conn *transport.Conn) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		s, err := conn.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer s.Close()
+			r := wire.NewReader(s, maxRPCFrame)
+			msg, err := r.Read()
+			if err != nil {
+				c.refuse(s, conn, err)
+				return
+			}
+			h, ok := msg.(*wire.Hello)
+			if !ok {
+				wire.SendError(s, "bad_frame", "a stream must start with Hello")
+				return
+			}
+			if h.Proto == "cluster" {
+				c.serveCluster(ctx, conn, s, r)
+				return
+			}
+			if ph, ok := c.protos[h.Proto]; ok {
+				ph(ctx, conn, s, r, h)
+				return
+			}
+			wire.SendError(s, "unknown_proto", fmt.Sprintf("no protocol %q on this member", h.Proto))
+		}()
+	}
+}
+
+// refuse answers a bad first frame with a clear error frame.
+func (c *Cluster) refuse(w io.Writer, conn *transport.Conn, err error) {
+	code := "bad_frame"
+	switch {
+	case errors.Is(err, wire.ErrUnknownVersion):
+		code = "unknown_version"
+	case errors.Is(err, wire.ErrFrameTooLarge):
+		code = "too_large"
+	case errors.Is(err, io.EOF):
+		return
+	}
+	c.log.Warn("refused a stream", "peer", conn.Peer.Node, "err", err)
+	wire.SendError(w, code, err.Error())
+}
+
+// rpc is a request between members.
+type rpc struct {
+	Op      string `json:"op"` // propose, add_voter, remove, transfer, status
+	Entry   []byte `json:"entry,omitempty"`
+	ID      string `json:"id,omitempty"`
+	Address string `json:"address,omitempty"`
+}
+
+// MemberStatus is one member's view of itself.
+type MemberStatus struct {
+	ID           string `json:"id"`
+	State        string `json:"state"`
+	Term         uint64 `json:"term"`
+	AppliedIndex uint64 `json:"applied_index"`
+	CommitIndex  uint64 `json:"commit_index"`
+	LastIndex    uint64 `json:"last_index"`
+	Leader       string `json:"leader"`
+}
+
+func (c *Cluster) serveCluster(ctx context.Context, conn *transport.Conn, s io.ReadWriter, r *wire.Reader) {
+	if conn.Peer.Role != schema.PeerCity {
+		wire.SendError(s, "forbidden", "only city members speak the cluster protocol")
+		return
+	}
+	msg, err := r.Read()
+	if err != nil {
+		c.refuse(s, conn, err)
+		return
+	}
+	fw, ok := msg.(*wire.Forward)
+	if !ok {
+		wire.SendError(s, "bad_frame", "expected Forward")
+		return
+	}
+	var req rpc
+	if err := json.Unmarshal(fw.Command, &req); err != nil {
+		wire.SendError(s, "bad_frame", "forward request is not JSON: "+err.Error())
+		return
+	}
+	out, err := c.local(ctx, req)
+	res := &wire.ForwardResult{Result: out}
+	if err != nil {
+		res.Err = err.Error()
+		res.Code = "error"
+		if errors.Is(err, ErrNotLeader) {
+			res.Code = "not_leader"
+		}
+	}
+	wire.WriteMsg(s, res)
+}
+
+// local executes a member request on this member.
+func (c *Cluster) local(ctx context.Context, req rpc) ([]byte, error) {
+	switch req.Op {
+	case "status":
+		return json.Marshal(c.Status())
+	}
+	if !c.IsLeader() {
+		return nil, ErrNotLeader
+	}
+	switch req.Op {
+	case "propose":
+		cmds, err := DecodeEntry(req.Entry)
+		if err != nil || len(cmds) != 1 {
+			return nil, fmt.Errorf("bad forwarded entry: %v", err)
+		}
+		res, err := c.propose(ctx, cmds[0])
+		if err != nil {
+			return nil, err
+		}
+		return json.Marshal(res)
+	case "add_voter":
+		return nil, c.addVoterLocal(req.ID, req.Address)
+	case "remove":
+		return nil, c.removeLocal(req.ID)
+	case "transfer":
+		return nil, c.transferLocal(req.ID)
+	}
+	return nil, fmt.Errorf("unknown request %q", req.Op)
+}
+
+// Status reports this member's Raft state.
+func (c *Cluster) Status() MemberStatus {
+	leader, _ := c.Leader()
+	var term uint64
+	fmt.Sscan(c.raft.Stats()["term"], &term)
+	return MemberStatus{ID: c.cfg.NodeID, State: c.raft.State().String(), Term: term,
+		AppliedIndex: c.raft.AppliedIndex(), CommitIndex: c.raft.CommitIndex(), LastIndex: c.raft.LastIndex(), Leader: leader}
+}
+
+func (c *Cluster) addVoterLocal(id, addr string) error {
+	cf := c.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return err
+	}
+	// Remove any server with the same ID or address first (rqlite's rule):
+	// a member re-joining with a new address, or a new member reusing an
+	// old address, must not leave a stale entry behind.
+	for _, s := range cf.Configuration().Servers {
+		if s.ID == raft.ServerID(id) && s.Address == raft.ServerAddress(addr) {
+			return nil // already a member as asked
+		}
+		if s.ID == raft.ServerID(id) || s.Address == raft.ServerAddress(addr) {
+			if err := c.raft.RemoveServer(s.ID, 0, 30*time.Second).Error(); err != nil {
+				return err
+			}
+		}
+	}
+	return c.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 30*time.Second).Error()
+}
+
+func (c *Cluster) removeLocal(id string) error {
+	return c.raft.RemoveServer(raft.ServerID(id), 0, 30*time.Second).Error()
+}
+
+func (c *Cluster) transferLocal(id string) error {
+	if id == "" {
+		return c.raft.LeadershipTransfer().Error()
+	}
+	cf := c.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return err
+	}
+	for _, s := range cf.Configuration().Servers {
+		if s.ID == raft.ServerID(id) {
+			return c.raft.LeadershipTransferToServer(s.ID, s.Address).Error()
+		}
+	}
+	return fmt.Errorf("%w: no member %q", schema.ErrNotFound, id)
+}
+
+// AddVoter adds a member (from any member: forwarded to the leader).
+func (c *Cluster) AddVoter(ctx context.Context, id, addr string) error {
+	_, err := c.onLeader(ctx, rpc{Op: "add_voter", ID: id, Address: addr})
+	return err
+}
+
+// RemoveServer removes a member.
+func (c *Cluster) RemoveServer(ctx context.Context, id string) error {
+	_, err := c.onLeader(ctx, rpc{Op: "remove", ID: id})
+	return err
+}
+
+// TransferLeadership hands leadership to id (or to any member if "").
+func (c *Cluster) TransferLeadership(ctx context.Context, id string) error {
+	_, err := c.onLeader(ctx, rpc{Op: "transfer", ID: id})
+	return err
+}
+
+// onLeader runs a request on the leader, here or forwarded, retrying while
+// there is no leader until ctx ends.
+func (c *Cluster) onLeader(ctx context.Context, req rpc) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		var out []byte
+		var err error
+		if c.IsLeader() {
+			out, err = c.local(ctx, req)
+		} else {
+			out, err = c.fwd.call(ctx, req)
+		}
+		if err == nil || !(errors.Is(err, ErrNotLeader) || errors.Is(err, ErrNoLeader)) {
+			return out, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+		case <-time.After(min(50*time.Millisecond*time.Duration(attempt+1), time.Second)):
+		}
+	}
+}
+
+// MemberStatusOf asks another member for its status.
+func (c *Cluster) MemberStatusOf(ctx context.Context, addr string) (MemberStatus, error) {
+	var st MemberStatus
+	out, err := c.fwd.callAt(ctx, addr, rpc{Op: "status"})
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal(out, &st)
+}
+
+// forwarder is a follower's client to other members.
+type forwarder struct {
+	c     *Cluster
+	mu    sync.Mutex
+	conns map[string]*transport.Conn
+}
+
+func newForwarder(c *Cluster) *forwarder {
+	return &forwarder{c: c, conns: map[string]*transport.Conn{}}
+}
+
+func (f *forwarder) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.conns {
+		c.CloseWithError(0, "closing")
+	}
+}
+
+func (f *forwarder) propose(ctx context.Context, cmd Command) (Result, error) {
+	entry, err := EncodeEntry([]Command{cmd})
+	if err != nil {
+		return Result{}, err
+	}
+	out, err := f.call(ctx, rpc{Op: "propose", Entry: entry})
+	if err != nil {
+		f.c.m.forwarded.WithLabelValues("error").Inc()
+		return Result{}, err
+	}
+	f.c.m.forwarded.WithLabelValues("ok").Inc()
+	var res Result
+	return res, json.Unmarshal(out, &res)
+}
+
+// call sends req to the current leader.
+func (f *forwarder) call(ctx context.Context, req rpc) ([]byte, error) {
+	_, addr := f.c.Leader()
+	if addr == "" {
+		return nil, ErrNoLeader
+	}
+	return f.callAt(ctx, addr, req)
+}
+
+func (f *forwarder) callAt(ctx context.Context, addr string, req rpc) ([]byte, error) {
+	conn, err := f.conn(ctx, addr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: cannot reach %s: %v", ErrNoLeader, addr, err)
+	}
+	s, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		f.forget(addr, conn)
+		return nil, fmt.Errorf("%w: %v", ErrNoLeader, err)
+	}
+	defer s.Close()
+	if d, ok := ctx.Deadline(); ok {
+		s.SetDeadline(d)
+	}
+	body, _ := json.Marshal(req)
+	if err := wire.WriteMsg(s, &wire.Hello{Proto: "cluster", Node: f.c.cfg.NodeID, Versions: []uint8{wire.Version}}); err != nil {
+		return nil, err
+	}
+	if err := wire.WriteMsg(s, &wire.Forward{Command: body}); err != nil {
+		return nil, err
+	}
+	msg, err := wire.NewReader(s, maxRPCFrame).Read()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoLeader, err)
+	}
+	switch m := msg.(type) {
+	case *wire.ForwardResult:
+		if m.Code == "not_leader" {
+			return nil, ErrNotLeader
+		}
+		if m.Err != "" {
+			return nil, errors.New(m.Err)
+		}
+		return m.Result, nil
+	case *wire.Error:
+		return nil, fmt.Errorf("member %s refused: %s: %s", addr, m.Code, m.Message)
+	}
+	return nil, fmt.Errorf("unexpected answer %T", msg)
+}
+
+func (f *forwarder) conn(ctx context.Context, addr string) (*transport.Conn, error) {
+	f.mu.Lock()
+	c := f.conns[addr]
+	f.mu.Unlock()
+	if c != nil && c.Context().Err() == nil {
+		return c, nil
+	}
+	c, err := f.c.cfg.Endpoint.Dial(ctx, addr, transport.ALPNSync, schema.PeerCity)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	f.conns[addr] = c
+	f.mu.Unlock()
+	return c, nil
+}
+
+func (f *forwarder) forget(addr string, c *transport.Conn) {
+	f.mu.Lock()
+	if f.conns[addr] == c {
+		delete(f.conns, addr)
+	}
+	f.mu.Unlock()
+	c.CloseWithError(0, "reset")
+}

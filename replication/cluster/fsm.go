@@ -1,0 +1,252 @@
+package cluster
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/wardsync/wardsync/node/store"
+	"github.com/wardsync/wardsync/schema"
+)
+
+// CityOrigin is the origin name of ops the city makes itself (portal
+// intake). Its seq is kept by the FSM, so it is gapless across leaders.
+const CityOrigin = "city"
+
+// CitySeries is the receipt series of portal submissions.
+const CitySeries = "CITY"
+
+// fsm applies committed entries to the city store. It implements
+// raft.BatchingFSM: up to MaxAppendEntries entries arrive in one call and
+// are written in one store write (one fsync).
+type fsm struct {
+	st  *store.Store
+	log *slog.Logger
+	m   *metrics
+}
+
+// entryResult is what Apply returns for one Raft entry.
+type entryResult struct {
+	Results []Result
+	Err     error // the whole entry failed to decode
+}
+
+func (f *fsm) Apply(l *raft.Log) interface{} { return f.ApplyBatch([]*raft.Log{l})[0] }
+
+// ApplyBatch applies entries in commit order. Entries at or below the
+// stored applied index were applied before a restart (disk-backed FSM with
+// NoSnapshotRestoreOnStart) and are skipped: ops are idempotent anyway,
+// but the receipt and city-seq counters must not move twice.
+func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
+	out := make([]interface{}, len(logs))
+	start := time.Now()
+	err := f.st.Write(context.Background(), func(tx *store.Tx) error {
+		applied, err := tx.Applied()
+		if err != nil {
+			return err
+		}
+		dossiers := map[string]*dossierWork{}
+		for i, l := range logs {
+			if l.Type != raft.LogCommand || l.Index <= applied {
+				out[i] = &entryResult{}
+				continue
+			}
+			cmds, err := DecodeEntry(l.Data)
+			if err != nil {
+				f.log.Error("fsm: undecodable entry skipped", "index", l.Index, "err", err)
+				out[i] = &entryResult{Err: err}
+				continue
+			}
+			res := &entryResult{Results: make([]Result, len(cmds))}
+			for j := range cmds {
+				r, err := f.applyCommand(tx, dossiers, l.Index, &cmds[j])
+				if err != nil {
+					return err // storage error: the FSM cannot go on
+				}
+				res.Results[j] = r
+			}
+			out[i] = res
+			if f.m != nil {
+				f.m.commandsPerEntry.Observe(float64(len(cmds)))
+			}
+		}
+		for _, w := range dossiers {
+			if err := w.flush(tx); err != nil {
+				return err
+			}
+		}
+		if last := logs[len(logs)-1].Index; last > applied {
+			tx.SetApplied(last)
+		}
+		return nil
+	})
+	if err != nil {
+		// A committed entry that cannot be stored leaves this member
+		// behind the log; continuing would diverge silently. Stop loudly.
+		panic(fmt.Sprintf("cluster: fsm cannot store committed entries: %v", err))
+	}
+	if f.m != nil {
+		f.m.entriesPerApply.Observe(float64(len(logs)))
+		f.m.applyDuration.Observe(time.Since(start).Seconds())
+	}
+	return out
+}
+
+// dossierWork collects one dossier's ops within a batch so it is folded
+// once, from all its ops, whatever order they arrived in.
+type dossierWork struct {
+	old     *schema.Dossier
+	ops     []schema.Op
+	changed bool
+}
+
+func (w *dossierWork) flush(tx *store.Tx) error {
+	if !w.changed {
+		return nil
+	}
+	d := schema.Fold(w.ops)
+	return tx.PutDossier(w.old, &d)
+}
+
+func work(tx *store.Tx, dossiers map[string]*dossierWork, id string) (*dossierWork, error) {
+	if w, ok := dossiers[id]; ok {
+		return w, nil
+	}
+	w := &dossierWork{}
+	d, ok, err := tx.Dossier(id)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		w.old = &d
+	}
+	if w.ops, err = tx.DossierOps(id); err != nil {
+		return nil, err
+	}
+	dossiers[id] = w
+	return w, nil
+}
+
+func (f *fsm) applyCommand(tx *store.Tx, dossiers map[string]*dossierWork, index uint64, c *Command) (Result, error) {
+	switch c.Kind {
+	case KindInit:
+		if _, err := tx.Identity(); err == nil {
+			return Result{}, nil // already initialized by an earlier leader
+		}
+		id := store.Identity{Node: c.Init.Node, Ward: "CITY", Series: CitySeries, PrivateKey: c.Init.PrivateKey}
+		if len(c.Init.PrivateKey) != ed25519.PrivateKeySize {
+			return Result{Err: "bad city key", Code: "invalid"}, nil
+		}
+		id.PublicKey = c.Init.PrivateKey.Public().(ed25519.PublicKey)
+		return Result{}, tx.PutIdentity(id)
+	case KindPortal:
+		return f.applyPortal(tx, dossiers, index, c.Portal)
+	case KindOps:
+		n := 0
+		for i := range c.Ops {
+			op := &c.Ops[i]
+			seen, err := tx.HasOp(op.ID)
+			if err != nil {
+				return Result{}, err
+			}
+			if seen {
+				continue // applied at most once, however often it is pushed
+			}
+			if err := tx.PutRemoteOp(op, index); err != nil {
+				return Result{}, err
+			}
+			w, err := work(tx, dossiers, op.Dossier)
+			if err != nil {
+				return Result{}, err
+			}
+			w.ops = append(w.ops, *op)
+			w.changed = true
+			n++
+		}
+		return Result{Applied: n}, nil
+	}
+	return Result{Err: fmt.Sprintf("unknown command kind %d", c.Kind), Code: "invalid"}, nil
+}
+
+// applyPortal turns a portal submission into a create op of the city
+// origin: seq, chain and signature come from the FSM's state, receipt
+// number from its counter, so every member computes the same op.
+func (f *fsm) applyPortal(tx *store.Tx, dossiers map[string]*dossierWork, index uint64, p *PortalCmd) (Result, error) {
+	id, err := tx.Identity()
+	if err != nil {
+		return Result{Err: "the city cluster is not initialized yet; retry", Code: "not_initialized"}, nil
+	}
+	if seen, _, err := tx.Dossier(p.Dossier); err != nil || seen.Created() {
+		if err != nil {
+			return Result{}, err
+		}
+		return Result{Err: "dossier " + p.Dossier + " exists", Code: "conflict"}, nil
+	}
+	received := time.UnixMilli(p.ReceivedAt).In(schema.CityZone)
+	n, err := tx.NextReceipt(p.Ward + "\x00" + received.Format("20060102"))
+	if err != nil {
+		return Result{}, err
+	}
+	body := schema.CreateBody{
+		Procedure: p.Procedure, Applicant: p.Applicant, Fields: p.Fields,
+		ReceiptNo:  fmt.Sprintf("%s-%s-%s-%04d", p.Ward, received.Format("060102"), CitySeries, n),
+		ReceivedAt: p.ReceivedAt, DueAt: p.DueAt,
+	}
+	op := schema.Op{ID: schema.OpID{Origin: id.Node}, Ward: p.Ward, Dossier: p.Dossier, HLC: p.HLC,
+		Actor: p.Actor, Kind: schema.KindCreate, Body: schema.MarshalBody(body)}
+	if err := tx.AppendLocal(&op, id.PrivateKey); err != nil {
+		return Result{}, err
+	}
+	if err := tx.IndexChange(&op, index); err != nil {
+		return Result{}, err
+	}
+	w, err := work(tx, dossiers, op.Dossier)
+	if err != nil {
+		return Result{}, err
+	}
+	w.ops = append(w.ops, op)
+	w.changed = true
+	d := schema.Fold(w.ops)
+	return Result{Dossier: &d}, nil
+}
+
+// Snapshot returns at once with a read view; Persist streams it while the
+// FSM keeps applying.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	return &fsmSnapshot{sn: f.st.Snapshot(), log: f.log}, nil
+}
+
+// Restore replaces the FSM state with a snapshot (a new member, or one too
+// far behind for the log). The store verifies the state hash.
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	start := time.Now()
+	if err := f.st.Restore(rc); err != nil {
+		return err
+	}
+	h, _ := f.st.StateHash()
+	f.log.Info("fsm: restored from snapshot", "state_hash", fmt.Sprintf("%x", h[:8]), "took", time.Since(start))
+	return nil
+}
+
+type fsmSnapshot struct {
+	sn  *store.Snapshot
+	log *slog.Logger
+}
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	sum, err := s.sn.Stream(sink)
+	if err != nil {
+		sink.Cancel()
+		return err
+	}
+	s.log.Info("fsm: snapshot persisted", "id", sink.ID(), "state_hash", fmt.Sprintf("%x", sum[:8]))
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) Release() { s.sn.Release() }
