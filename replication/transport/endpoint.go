@@ -356,7 +356,11 @@ func (e *Endpoint) serve(c *Conn, h Handler, alpn string) {
 			_ = c.CloseWithError(codePanic, "internal error")
 			return
 		}
-		_ = c.CloseWithError(codeDone, "")
+		code, msg := codeDone, ""
+		if e.ctx.Err() != nil {
+			code, msg = codeShutdown, "endpoint closing"
+		}
+		_ = c.CloseWithError(code, msg)
 	}()
 	h(ctx, c)
 }
@@ -476,12 +480,14 @@ func (e *Endpoint) Close() error {
 		if ln != nil {
 			_ = ln.Close()
 		}
-		e.cancel()
+		// Close the connections before canceling the handlers' context, so
+		// peers see codeShutdown rather than a handler's own close.
 		var wg sync.WaitGroup
 		for _, c := range conns {
 			wg.Go(func() { _ = c.CloseWithError(codeShutdown, "endpoint closing") })
 		}
 		wg.Wait()
+		e.cancel()
 		e.wg.Wait()
 		e.closeErr = errors.Join(e.tr.Close(), e.udp.Close())
 	})

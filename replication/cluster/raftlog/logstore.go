@@ -200,33 +200,35 @@ func (s *Store) DeleteRange(minIdx, maxIdx uint64) error {
 }
 
 // refreshBounds updates the cached first/last index after [lo, hi] has
-// been deleted. Called with wmu held.
+// been deleted. Called with wmu held. Seeks start right next to the
+// deleted keys and only when a stored key lies beyond them, so they never
+// wade through the tombstones of earlier compactions.
 func (s *Store) refreshBounds(lo, hi uint64) error {
 	first, last := s.first.Load(), s.last.Load()
+	if lo <= first && hi >= last {
+		s.first.Store(0)
+		s.last.Store(0)
+		return nil
+	}
 	newFirst, newLast := first, last
 	err := s.db.View(func(txn *badger.Txn) error {
 		var err error
-		if lo <= first {
-			if hi == math.MaxUint64 {
-				newFirst = 0
-			} else if newFirst, err = seekIndex(txn, hi+1, false); err != nil {
-				return err
-			}
+		if lo <= first { // hi < last: the key last is still there
+			newFirst, err = seekIndex(txn, hi+1, false)
+		} else if hi >= last { // lo > first: the key first is still there
+			newLast, err = seekIndex(txn, lo-1, true)
 		}
-		if hi >= last {
-			if lo <= 1 {
-				newLast = 0
-			} else if newLast, err = seekIndex(txn, lo-1, true); err != nil {
-				return err
-			}
-		}
-		return nil
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("raftlog: find log bounds: %w", err)
 	}
 	if newFirst == 0 || newLast == 0 {
-		newFirst, newLast = 0, 0 // nothing left on one side means nothing left
+		// Cannot happen while the cache matches the database; if it did,
+		// trust the database.
+		if newFirst, newLast, err = s.scanBounds(); err != nil {
+			return err
+		}
 	}
 	s.first.Store(newFirst)
 	s.last.Store(newLast)
