@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,6 +20,8 @@ import (
 	"time"
 
 	"github.com/wardsync/wardsync/ops/certs"
+	"github.com/wardsync/wardsync/replication/transport"
+	"github.com/wardsync/wardsync/replication/wire"
 )
 
 // cityEnv is a city of real `wardsync city run` processes on loopback QUIC,
@@ -373,4 +377,96 @@ func TestCityAPIRefusesWithoutCertificate(t *testing.T) {
 		}
 	}
 	_ = x509.NewCertPool
+}
+
+// TestCityBadFramesOnEveryALPN is invariant 5 at the city: garbage,
+// unknown versions and oversized frames on the sync and raft ALPNs get a
+// clear error frame (or a closed stream) and never take a member down; the
+// blob ALPN, not served yet, is refused at the handshake.
+func TestCityBadFramesOnEveryALPN(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	e := newCityEnv(t, "c1")
+	e.start("c1", "--bootstrap", e.bootstrapSpec("c1"))
+	e.waitLeader("c1", "")
+	cert, pool, _, err := certs.LoadBundle(filepath.Join(e.dir, "tls", "c4"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := transport.New(transport.Config{Addr: "127.0.0.1:0", Cert: cert, CA: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ep.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	go ep.Run(ctx)
+
+	frame := func(version, typ byte, length uint32, payload []byte) []byte {
+		b := []byte{version, typ, 0, 0, 0, 0}
+		binary.BigEndian.PutUint32(b[2:], length)
+		return append(b, payload...)
+	}
+	hello, _ := wire.AppendFrame(nil, &wire.Hello{Proto: "raft", Node: "c4", Versions: []uint8{wire.Version}})
+	cases := []struct {
+		name, alpn string
+		send       []byte
+		wantCode   string // "" = the stream is just closed
+	}{
+		{"sync garbage", transport.ALPNSync, []byte("GET / HTTP/1.1\r\n\r\n"), "unknown_version"},
+		{"sync version 2", transport.ALPNSync, frame(2, 1, 0, nil), "unknown_version"},
+		{"sync 4 GiB frame", transport.ALPNSync, frame(wire.Version, 1, 0xffffffff, nil), "too_large"},
+		{"sync unknown type", transport.ALPNSync, frame(wire.Version, 250, 0, nil), "bad_frame"},
+		{"sync unknown proto", transport.ALPNSync, mustFrame(t, &wire.Hello{Proto: "nope", Node: "c4", Versions: []uint8{1}}), "unknown_proto"},
+		{"sync cluster bad request", transport.ALPNSync, append(mustFrame(t, &wire.Hello{Proto: "cluster", Node: "c4", Versions: []uint8{1}}), mustFrame(t, &wire.Forward{Command: []byte("{nope")})...), "bad_frame"},
+		{"raft garbage", transport.ALPNRaft, []byte{0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0}, "unknown_version"},
+		{"raft hello then garbage rpc", transport.ALPNRaft, append(hello, 0xff, 0xff, 0xff, 0xff, 0xff), ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			conn, err := ep.Dial(ctx, e.quic["c1"], c.alpn)
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			defer conn.CloseWithError(0, "done")
+			s, err := conn.OpenStreamSync(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := s.Write(c.send); err != nil {
+				t.Fatal(err)
+			}
+			msg, err := wire.NewReader(s, 1<<20).Read()
+			if c.wantCode == "" {
+				if err == nil {
+					t.Fatalf("stream answered %v, want it closed", msg)
+				}
+				return
+			}
+			em, ok := msg.(*wire.Error)
+			if err != nil || !ok || em.Code != c.wantCode {
+				t.Fatalf("answer %#v, %v; want an Error frame with code %s", msg, err, c.wantCode)
+			}
+		})
+	}
+	if _, err := ep.Dial(ctx, e.quic["c1"], transport.ALPNBlob); err == nil {
+		t.Fatal("the blob ALPN was accepted; no member serves it yet")
+	}
+	// The member is still up and still commits.
+	if code, body := e.call(e.admin, "GET", e.members["c1"].url+"/healthz", nil); code != 200 {
+		t.Fatalf("member unhealthy after bad frames: %d %s", code, body)
+	}
+	if _, err := e.submit("c1", 1); err != nil {
+		t.Fatalf("member no longer commits after bad frames: %v", err)
+	}
+}
+
+func mustFrame(t *testing.T, m wire.Msg) []byte {
+	b, err := wire.AppendFrame(nil, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

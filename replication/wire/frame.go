@@ -188,18 +188,23 @@ func WriteMsg(w io.Writer, m Msg) error {
 // Unmarshal decodes a buffer holding exactly one frame (with the default
 // limit). The message does not alias b.
 func Unmarshal(b []byte) (Msg, error) {
-	br := bytes.NewReader(b)
-	m, err := NewReader(br, DefaultMaxFrame).Read()
-	if err == io.EOF {
-		err = fmt.Errorf("wire: empty buffer: %w", io.ErrUnexpectedEOF)
+	if len(b) > 0 && b[0] != Version {
+		return nil, versionErr(b[0])
 	}
+	if len(b) < HeaderSize {
+		return nil, fmt.Errorf("wire: frame header cut short after %d of %d bytes: %w", len(b), HeaderSize, io.ErrUnexpectedEOF)
+	}
+	t, size, err := parseHeader(b, DefaultMaxFrame)
 	if err != nil {
 		return nil, err
 	}
-	if br.Len() != 0 {
-		return nil, fmt.Errorf("%w: %d bytes after the frame", ErrMalformed, br.Len())
+	switch rest := len(b) - HeaderSize; {
+	case rest < size:
+		return nil, fmt.Errorf("wire: frame payload cut short after %d of %d bytes: %w", rest, size, io.ErrUnexpectedEOF)
+	case rest > size:
+		return nil, fmt.Errorf("%w: %d bytes after the frame", ErrMalformed, rest-size)
 	}
-	return m, nil
+	return decodeMsg(t, bytes.Clone(b[HeaderSize:]), DefaultMaxFrame)
 }
 
 // Reader reads frames from a stream. It reads exactly each frame's bytes
@@ -262,16 +267,25 @@ func (r *Reader) read() (Msg, error) {
 	case err != nil:
 		return nil, err
 	}
-	t := Type(r.hdr[1])
-	size := binary.BigEndian.Uint32(r.hdr[2:])
-	if uint64(size) > uint64(r.max) {
-		return nil, fmt.Errorf("%w: %v frame claims %d bytes, limit %d", ErrFrameTooLarge, t, size, r.max)
+	t, size, err := parseHeader(r.hdr[:], r.max)
+	if err != nil {
+		return nil, err
 	}
-	payload, err := readPayload(r.r, int(size))
+	payload, err := readPayload(r.r, size)
 	if err != nil {
 		return nil, err
 	}
 	return decodeMsg(t, payload, r.max)
+}
+
+// parseHeader checks a frame header whose version is already known good.
+func parseHeader(hdr []byte, max int) (Type, int, error) {
+	t := Type(hdr[1])
+	size := binary.BigEndian.Uint32(hdr[2:])
+	if uint64(size) > uint64(max) {
+		return t, 0, fmt.Errorf("%w: %v frame claims %d bytes, limit %d", ErrFrameTooLarge, t, size, max)
+	}
+	return t, int(size), nil
 }
 
 func versionErr(v byte) error {

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -52,26 +53,49 @@ func (m *OpBatch) appendPayload(e *encoder) {
 		e.fail(fmt.Errorf("%d ops, limit %d: %w", len(m.Ops), MaxBatchOps, schema.ErrTooLarge))
 		return
 	}
-	flag := len(e.b)
-	e.byte(batchPlain)
-	e.uvarint(uint64(len(m.Ops)))
+	encoded := make([][]byte, len(m.Ops))
+	size := 1 + uvarintLen(uint64(len(m.Ops)))
 	for i := range m.Ops {
-		e.bytes(m.Ops[i].Encode())
-		if len(e.b)-flag > DefaultMaxFrame {
+		encoded[i] = m.Ops[i].Encode()
+		size += uvarintLen(uint64(len(encoded[i]))) + len(encoded[i])
+		if size > DefaultMaxFrame {
 			e.fail(fmt.Errorf("op batch is over %d bytes at op %d of %d: %w", DefaultMaxFrame, i+1, len(m.Ops), schema.ErrTooLarge))
 			return
 		}
 	}
-	plain := e.b[flag+1:]
+	e.b = slices.Grow(e.b, size)
+	flag := len(e.b)
+	e.byte(batchPlain)
+	e.uvarint(uint64(len(m.Ops)))
+	for _, op := range encoded {
+		e.bytes(op)
+	}
+	if z := compress(e.b[flag+1:]); z != nil {
+		e.b = append(e.b[:flag], batchZstd)
+		e.raw(z)
+	}
+}
+
+// compress returns plain compressed when that pays, else nil. A sample is
+// tried first, so a batch of incompressible bodies (scans are attachments,
+// not ops, but bodies may still be dense) costs little CPU.
+func compress(plain []byte) []byte {
+	const sample = 16 << 10
 	if len(plain) < compressMin {
-		return
+		return nil
 	}
-	z := zstdEncoder().EncodeAll(plain, make([]byte, 0, len(plain)/2))
-	if len(z) > len(plain)-len(plain)/8 || len(plain) > maxExpansion*len(z) {
-		return
+	pays := func(in, out int) bool { return out <= in-in/8 && in <= maxExpansion*out }
+	enc := zstdEncoder()
+	if len(plain) > 4*sample {
+		if z := enc.EncodeAll(plain[:sample], make([]byte, 0, sample)); !pays(sample, len(z)) {
+			return nil
+		}
 	}
-	e.b = append(e.b[:flag], batchZstd)
-	e.raw(z)
+	z := enc.EncodeAll(plain, make([]byte, 0, len(plain)))
+	if !pays(len(plain), len(z)) {
+		return nil
+	}
+	return z
 }
 
 func (m *OpBatch) decodePayload(d *decoder) {

@@ -582,3 +582,33 @@ func TestReadErrorsAreSticky(t *testing.T) {
 		t.Fatalf("first %v, then %v", err, err2)
 	}
 }
+
+// BenchmarkOpBatch measures a batch of 1,000 ops of about 2 KB through
+// WriteMsg and Reader.Read, for compressible and incompressible bodies.
+func BenchmarkOpBatch(b *testing.B) {
+	for _, c := range []struct {
+		name         string
+		compressible bool
+	}{{"text", true}, {"random", false}} {
+		m := &OpBatch{Ops: testOps(1000, 2000, c.compressible)}
+		frame := mustFrame(b, m)
+		b.Run(c.name+"/encode", func(b *testing.B) {
+			b.SetBytes(int64(len(frame)))
+			for b.Loop() {
+				if _, err := AppendFrame(nil, m); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(len(m.Ops)*b.N)/b.Elapsed().Seconds(), "ops/s")
+		})
+		b.Run(c.name+"/decode", func(b *testing.B) {
+			b.SetBytes(int64(len(frame)))
+			for b.Loop() {
+				if _, err := Unmarshal(frame); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(len(m.Ops)*b.N)/b.Elapsed().Seconds(), "ops/s")
+		})
+	}
+}
