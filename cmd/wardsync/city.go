@@ -58,6 +58,29 @@ func cityCommand() *cli.Command {
 				Action: cityRun,
 			}),
 			withConfig(&cli.Command{
+				Name:  "recover",
+				Usage: "disaster recovery: rewrite a STOPPED member's configuration when a majority is lost for good",
+				Flags: []cli.Flag{dataFlag,
+					reqStr("node", "this member's `ID`", "WARDSYNC_NODE_ID"),
+					reqStr("members", "the new configuration `ID=ADDR,...` (this member included)", "WARDSYNC_RECOVER_MEMBERS"),
+					encKeyFlag, logLevelFlag, logFormatFlag},
+				Action: func(c *cli.Context) error {
+					cfg, err := nodeConfig(c)
+					if err != nil {
+						return err
+					}
+					servers, err := cluster.ParseBootstrap(c.String("members"))
+					if err != nil {
+						return fmt.Errorf("--members: %w", err)
+					}
+					if err := cluster.Recover(c.String("data"), c.String("node"), servers, cfg.Logger, cfg.EncryptionKey); err != nil {
+						return fmt.Errorf("--data %s: %w", c.String("data"), err)
+					}
+					fmt.Fprintf(c.App.Writer, "Recovered %s with %d member(s). Start it (and the others recovered with the same --members) with `city run`.\n", c.String("node"), len(servers))
+					return nil
+				},
+			}),
+			withConfig(&cli.Command{
 				Name: "status", Usage: "show the members, the leader and applied indexes",
 				Flags: cityClientFlags(), Action: cityStatus,
 			}),

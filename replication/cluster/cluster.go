@@ -479,3 +479,40 @@ func resolveUDP(addr string) (*net.UDPAddr, error) {
 	}
 	return net.ResolveUDPAddr("udp", addr)
 }
+
+// Recover rewrites a stopped member's Raft configuration to servers, for
+// disaster recovery when a majority is lost for good (hashicorp/raft's
+// RecoverCluster, as Consul's peers.json does). Every surviving member that
+// will be in the new configuration must be recovered with the same list
+// before any of them starts. It does not lose committed entries that this
+// member holds; entries only a lost majority held are gone.
+func Recover(dir, nodeID string, servers []raft.Server, log *slog.Logger, encryptionKey []byte) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	logs, err := raftlog.Open(raftlog.Options{Dir: filepath.Join(dir, "raft"), Logger: log, EncryptionKey: encryptionKey})
+	if err != nil {
+		return err
+	}
+	defer logs.Close()
+	st, err := store.Open(store.Options{Dir: filepath.Join(dir, "fsm"), Logger: log, EncryptionKey: encryptionKey})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{log}})
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(dir, "snapshots"), 3, hlog)
+	if err != nil {
+		return err
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(nodeID)
+	rc.Logger = hlog
+	rc.NoSnapshotRestoreOnStart = true
+	_, trans := raft.NewInmemTransport(raft.ServerAddress("recover"))
+	f := &fsm{st: st, log: log}
+	if err := raft.RecoverCluster(rc, f, logs, logs, snaps, trans, raft.Configuration{Servers: servers}); err != nil {
+		return fmt.Errorf("cluster: recover: %w", err)
+	}
+	return nil
+}
