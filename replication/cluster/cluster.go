@@ -179,7 +179,7 @@ func Open(cfg Config) (*Cluster, error) {
 		logs.Close()
 		return nil, err
 	}
-	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{log}})
+	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{log}, DisableTime: true})
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.Dir, "snapshots"), 3, hlog)
 	if err != nil {
 		st.Close()
@@ -460,7 +460,15 @@ func (c *Cluster) NewDossierID() string {
 type slogWriter struct{ l *slog.Logger }
 
 func (w slogWriter) Write(p []byte) (int, error) {
-	w.l.Warn(string(trimNL(p)), "component", "raft")
+	line := strings.TrimSpace(string(trimNL(p)))
+	level := slog.LevelWarn
+	for prefix, l := range map[string]slog.Level{"[ERROR]": slog.LevelError, "[WARN]": slog.LevelWarn, "[INFO]": slog.LevelInfo, "[DEBUG]": slog.LevelDebug} {
+		if rest, ok := strings.CutPrefix(line, prefix); ok {
+			line, level = strings.TrimSpace(rest), l
+			break
+		}
+	}
+	w.l.Log(context.Background(), level, line, "component", "raft")
 	return len(p), nil
 }
 
@@ -500,7 +508,7 @@ func Recover(dir, nodeID string, servers []raft.Server, log *slog.Logger, encryp
 		return err
 	}
 	defer st.Close()
-	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{log}})
+	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{log}, DisableTime: true})
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(dir, "snapshots"), 3, hlog)
 	if err != nil {
 		return err
