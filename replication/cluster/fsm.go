@@ -181,11 +181,16 @@ func (f *fsm) applyPortal(tx *store.Tx, dossiers map[string]*dossierWork, index 
 	if err != nil {
 		return Result{Err: "the city cluster is not initialized yet; retry", Code: "not_initialized"}, nil
 	}
-	if seen, _, err := tx.Dossier(p.Dossier); err != nil || seen.Created() {
-		if err != nil {
-			return Result{}, err
+	// Look through this batch's pending work too: a dossier created by an
+	// earlier entry of the same batch is not in the store yet.
+	w, err := work(tx, dossiers, p.Dossier)
+	if err != nil {
+		return Result{}, err
+	}
+	for _, op := range w.ops {
+		if op.Kind == schema.KindCreate {
+			return Result{Err: "dossier " + p.Dossier + " exists", Code: "conflict"}, nil
 		}
-		return Result{Err: "dossier " + p.Dossier + " exists", Code: "conflict"}, nil
 	}
 	received := time.UnixMilli(p.ReceivedAt).In(schema.CityZone)
 	n, err := tx.NextReceipt(p.Ward + "\x00" + received.Format("20060102"))
@@ -203,10 +208,6 @@ func (f *fsm) applyPortal(tx *store.Tx, dossiers map[string]*dossierWork, index 
 		return Result{}, err
 	}
 	if err := tx.IndexChange(&op, index); err != nil {
-		return Result{}, err
-	}
-	w, err := work(tx, dossiers, op.Dossier)
-	if err != nil {
 		return Result{}, err
 	}
 	w.ops = append(w.ops, op)

@@ -11,12 +11,13 @@ import (
 )
 
 // Values of Hello.Proto: what a stream carries. Several may share an ALPN
-// (forwarding runs on the sync ALPN beside push and pull); the Hello tells
-// the streams apart. Protocols may add more.
+// (member-to-member requests run on the sync ALPN beside push and pull);
+// the Hello tells the streams apart. Protocols may add more; a server
+// refuses one it does not serve with CodeUnknownProto.
 const (
 	ProtoRaft    = "raft"    // then the stream is hashicorp/raft's
 	ProtoSync    = "sync"    // push and pull (issue 4)
-	ProtoForward = "forward" // a follower forwarding Raft commands to the leader
+	ProtoCluster = "cluster" // member to member: a follower forwarding Raft commands to the leader
 	ProtoBlob    = "blob"    // attachments (issue 5)
 )
 
@@ -95,7 +96,8 @@ func Negotiate(offered []uint8, supported ...uint8) (uint8, error) {
 const (
 	CodeUnknownVersion = "unknown_version" // schema.ErrUnknownVersion
 	CodeTooLarge       = "too_large"       // schema.ErrTooLarge
-	CodeBadFrame       = "bad_frame"       // a frame that did not decode
+	CodeBadFrame       = "bad_frame"       // a frame that did not decode, or not the one expected
+	CodeUnknownProto   = "unknown_proto"   // a Hello for a protocol this node does not serve
 	CodeInvalid        = "invalid"         // schema.ErrInvalid: decoded, but not valid
 	CodeBadSignature   = "bad_signature"   // schema.ErrBadSignature
 	CodeForbidden      = "forbidden"       // schema.ErrForbidden / ErrUnauthorized

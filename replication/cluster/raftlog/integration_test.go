@@ -3,6 +3,7 @@ package raftlog
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
@@ -15,11 +16,12 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// countFSM counts commands and chains a hash over them, so two members
-// agree only if they applied the same commands in the same order.
+// countFSM counts distinct commands (a command retried after a leadership
+// change may be committed twice) and chains a hash over every applied
+// entry, so two members agree only if they applied the same log.
 type countFSM struct {
 	mu       sync.Mutex
-	count    uint64
+	seen     map[string]bool
 	digest   uint64
 	restores int
 }
@@ -27,43 +29,66 @@ type countFSM struct {
 func (f *countFSM) Apply(l *raft.Log) any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.count++
+	if f.seen == nil {
+		f.seen = map[string]bool{}
+	}
+	f.seen[string(l.Data)] = true
 	h := fnv.New64a()
 	binary.Write(h, binary.BigEndian, f.digest)
 	h.Write(l.Data)
 	f.digest = h.Sum64()
-	return f.count
+	return len(f.seen)
 }
 
 func (f *countFSM) state() (count, digest uint64, restores int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.count, f.digest, f.restores
+	return uint64(len(f.seen)), f.digest, f.restores
 }
 
 func (f *countFSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return countSnapshot{f.count, f.digest}, nil
+	var b bytes.Buffer
+	binary.Write(&b, binary.BigEndian, f.digest)
+	for k := range f.seen {
+		binary.Write(&b, binary.BigEndian, uint32(len(k)))
+		b.WriteString(k)
+	}
+	return countSnapshot(b.Bytes()), nil
 }
 
 func (f *countFSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	var s countSnapshot
-	if err := binary.Read(rc, binary.BigEndian, &s); err != nil {
+	var digest uint64
+	if err := binary.Read(rc, binary.BigEndian, &digest); err != nil {
 		return err
+	}
+	seen := map[string]bool{}
+	for {
+		var n uint32
+		if err := binary.Read(rc, binary.BigEndian, &n); err == io.EOF {
+			break
+		} else if err != nil {
+			return err
+		}
+		k := make([]byte, n)
+		if _, err := io.ReadFull(rc, k); err != nil {
+			return err
+		}
+		seen[string(k)] = true
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.count, f.digest = s.Count, s.Digest
+	f.seen, f.digest = seen, digest
 	f.restores++
 	return nil
 }
 
-type countSnapshot struct{ Count, Digest uint64 }
+type countSnapshot []byte
 
 func (s countSnapshot) Persist(sink raft.SnapshotSink) error {
-	if err := binary.Write(sink, binary.BigEndian, s); err != nil {
+	if _, err := sink.Write(s); err != nil {
 		sink.Cancel()
 		return err
 	}
@@ -109,9 +134,11 @@ type testCluster struct {
 func (c *testCluster) config(id raft.ServerID) *raft.Config {
 	conf := raft.DefaultConfig()
 	conf.LocalID = id
-	conf.HeartbeatTimeout = 250 * time.Millisecond
-	conf.ElectionTimeout = 250 * time.Millisecond
-	conf.LeaderLeaseTimeout = 200 * time.Millisecond
+	// Short, but not so short that a slow fsync on a busy 2-core machine
+	// (or -race) deposes the leader; LeaderLeaseTimeout <= HeartbeatTimeout.
+	conf.HeartbeatTimeout = 500 * time.Millisecond
+	conf.ElectionTimeout = 500 * time.Millisecond
+	conf.LeaderLeaseTimeout = 400 * time.Millisecond
 	conf.CommitTimeout = 5 * time.Millisecond
 	// Snapshots only when the test asks, so the catch-up path is known.
 	conf.SnapshotInterval = time.Hour
@@ -199,20 +226,53 @@ func (c *testCluster) leader() *testNode {
 	return l
 }
 
+// retryable reports errors after which a command may simply be sent to
+// the (new) leader again.
+func retryable(err error) bool {
+	return errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrNotLeader) ||
+		errors.Is(err, raft.ErrLeadershipTransferInProgress) || errors.Is(err, raft.ErrEnqueueTimeout)
+}
+
+// apply commits commands from..from+n-1 through the leader, checking every
+// future; commands caught by a leadership change are sent again.
 func (c *testCluster) apply(n, from int) {
 	c.t.Helper()
-	l := c.leader()
-	futures := make([]raft.ApplyFuture, n)
-	for i := range futures {
-		futures[i] = l.raft.Apply([]byte(fmt.Sprintf("cmd-%06d", from+i)), 5*time.Second)
+	todo := make([]int, n)
+	for i := range todo {
+		todo[i] = from + i
 	}
-	for i, f := range futures {
-		if err := f.Error(); err != nil {
-			c.t.Fatalf("apply %d on %s: %v", from+i, l.id, err)
+	for attempt := 0; len(todo) > 0; attempt++ {
+		if attempt == 5 {
+			c.t.Fatalf("%d commands still not committed after %d attempts", len(todo), attempt)
 		}
+		l := c.leader()
+		futures := make([]raft.ApplyFuture, len(todo))
+		for i, cmd := range todo {
+			futures[i] = l.raft.Apply([]byte(fmt.Sprintf("cmd-%06d", cmd)), 5*time.Second)
+		}
+		var again []int
+		for i, f := range futures {
+			switch err := f.Error(); {
+			case err == nil:
+			case retryable(err):
+				again = append(again, todo[i])
+			default:
+				c.t.Fatalf("apply %d on %s: %v", todo[i], l.id, err)
+			}
+		}
+		if len(again) > 0 {
+			c.t.Logf("%d commands retried after leadership moved from %s", len(again), l.id)
+		}
+		todo = again
 	}
-	if err := l.raft.Barrier(5 * time.Second).Error(); err != nil {
-		c.t.Fatalf("barrier: %v", err)
+	for attempt := 0; ; attempt++ {
+		err := c.leader().raft.Barrier(5 * time.Second).Error()
+		if err == nil {
+			return
+		}
+		if !retryable(err) || attempt == 5 {
+			c.t.Fatalf("barrier: %v", err)
+		}
 	}
 }
 
