@@ -51,10 +51,10 @@ func (c *Cluster) handleSync(ctx context.Context, conn *transport.Conn) {
 			}
 			h, ok := msg.(*wire.Hello)
 			if !ok {
-				wire.SendError(s, "bad_frame", "a stream must start with Hello")
+				wire.SendError(s, wire.CodeBadFrame, "a stream must start with Hello")
 				return
 			}
-			if h.Proto == "cluster" {
+			if h.Proto == wire.ProtoCluster {
 				c.serveCluster(ctx, conn, s, r)
 				return
 			}
@@ -62,19 +62,19 @@ func (c *Cluster) handleSync(ctx context.Context, conn *transport.Conn) {
 				ph(ctx, conn, s, r, h)
 				return
 			}
-			wire.SendError(s, "unknown_proto", fmt.Sprintf("no protocol %q on this member", h.Proto))
+			wire.SendError(s, wire.CodeUnknownProto, fmt.Sprintf("no protocol %q on this member", h.Proto))
 		}()
 	}
 }
 
 // refuse answers a bad first frame with a clear error frame.
 func (c *Cluster) refuse(w io.Writer, conn *transport.Conn, err error) {
-	code := "bad_frame"
+	code := wire.CodeBadFrame
 	switch {
 	case errors.Is(err, wire.ErrUnknownVersion):
-		code = "unknown_version"
+		code = wire.CodeUnknownVersion
 	case errors.Is(err, wire.ErrFrameTooLarge):
-		code = "too_large"
+		code = wire.CodeTooLarge
 	case errors.Is(err, io.EOF):
 		return
 	}
@@ -103,7 +103,7 @@ type MemberStatus struct {
 
 func (c *Cluster) serveCluster(ctx context.Context, conn *transport.Conn, s io.ReadWriter, r *wire.Reader) {
 	if conn.Peer.Role != schema.PeerCity {
-		wire.SendError(s, "forbidden", "only city members speak the cluster protocol")
+		wire.SendError(s, wire.CodeForbidden, "only city members speak the cluster protocol")
 		return
 	}
 	msg, err := r.Read()
@@ -113,12 +113,12 @@ func (c *Cluster) serveCluster(ctx context.Context, conn *transport.Conn, s io.R
 	}
 	fw, ok := msg.(*wire.Forward)
 	if !ok {
-		wire.SendError(s, "bad_frame", "expected Forward")
+		wire.SendError(s, wire.CodeBadFrame, "expected Forward")
 		return
 	}
 	var req rpc
 	if err := json.Unmarshal(fw.Command, &req); err != nil {
-		wire.SendError(s, "bad_frame", "forward request is not JSON: "+err.Error())
+		wire.SendError(s, wire.CodeBadFrame, "forward request is not JSON: "+err.Error())
 		return
 	}
 	out, err := c.local(ctx, req)
@@ -127,7 +127,7 @@ func (c *Cluster) serveCluster(ctx context.Context, conn *transport.Conn, s io.R
 		res.Err = err.Error()
 		res.Code = "error"
 		if errors.Is(err, ErrNotLeader) {
-			res.Code = "not_leader"
+			res.Code = wire.CodeNotLeader
 		}
 	}
 	wire.WriteMsg(s, res)
@@ -321,7 +321,7 @@ func (f *forwarder) callAt(ctx context.Context, addr string, req rpc) ([]byte, e
 		s.SetDeadline(d)
 	}
 	body, _ := json.Marshal(req)
-	if err := wire.WriteMsg(s, &wire.Hello{Proto: "cluster", Node: f.c.cfg.NodeID, Versions: []uint8{wire.Version}}); err != nil {
+	if err := wire.WriteMsg(s, &wire.Hello{Proto: wire.ProtoCluster, Node: f.c.cfg.NodeID, Versions: []uint8{wire.Version}}); err != nil {
 		return nil, err
 	}
 	if err := wire.WriteMsg(s, &wire.Forward{Command: body}); err != nil {
@@ -333,7 +333,7 @@ func (f *forwarder) callAt(ctx context.Context, addr string, req rpc) ([]byte, e
 	}
 	switch m := msg.(type) {
 	case *wire.ForwardResult:
-		if m.Code == "not_leader" {
+		if m.Code == wire.CodeNotLeader {
 			return nil, ErrNotLeader
 		}
 		if m.Err != "" {

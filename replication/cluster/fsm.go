@@ -179,7 +179,7 @@ func (f *fsm) applyCommand(tx *store.Tx, dossiers map[string]*dossierWork, index
 func (f *fsm) applyPortal(tx *store.Tx, dossiers map[string]*dossierWork, index uint64, p *PortalCmd) (Result, error) {
 	id, err := tx.Identity()
 	if err != nil {
-		return Result{Err: "the city cluster is not initialized yet; retry", Code: "not_initialized"}, nil
+		return Result{Err: "the city cluster is not initialized yet", Code: "not_initialized"}, nil
 	}
 	// Look through this batch's pending work too: a dossier created by an
 	// earlier entry of the same batch is not in the store yet.

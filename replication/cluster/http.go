@@ -244,6 +244,12 @@ func (c *Cluster) handlePortal(w http.ResponseWriter, r *http.Request, who schem
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	res, err := c.Propose(ctx, cmd)
+	// Right after the first election the new leader is still giving the
+	// city origin its key; wait for it rather than fail the citizen.
+	for err == nil && res.Code == "not_initialized" && ctx.Err() == nil {
+		time.Sleep(100 * time.Millisecond)
+		res, err = c.Propose(ctx, cmd)
+	}
 	if err != nil {
 		return unavailable(err)
 	}

@@ -74,20 +74,20 @@ func (l *streamLayer) readHello(conn net.Conn, peer schema.PeerIdentity) error {
 	defer conn.SetReadDeadline(time.Time{})
 	msg, err := wire.NewReader(conn, 64<<10).Read()
 	if err != nil {
-		code := "bad_frame"
+		code := wire.CodeBadFrame
 		if errors.Is(err, wire.ErrUnknownVersion) {
-			code = "unknown_version"
+			code = wire.CodeUnknownVersion
 		}
 		wire.SendError(conn, code, err.Error())
 		return err
 	}
 	h, ok := msg.(*wire.Hello)
-	if !ok || h.Proto != "raft" {
-		wire.SendError(conn, "bad_frame", "a raft stream must start with Hello{raft}")
+	if !ok || h.Proto != wire.ProtoRaft {
+		wire.SendError(conn, wire.CodeBadFrame, "a raft stream must start with Hello{raft}")
 		return fmt.Errorf("first frame is %T, want raft hello", msg)
 	}
 	if h.Node != peer.Node {
-		wire.SendError(conn, "forbidden", "hello names another node than the certificate")
+		wire.SendError(conn, wire.CodeForbidden, "hello names another node than the certificate")
 		return fmt.Errorf("hello from %q over %q's certificate", h.Node, peer.Node)
 	}
 	return nil
@@ -134,7 +134,7 @@ func (l *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 		}
 	}
 	conn := transport.StreamConn(c, s)
-	if err := wire.WriteMsg(conn, &wire.Hello{Proto: "raft", Node: l.self, Versions: []uint8{wire.Version}}); err != nil {
+	if err := wire.WriteMsg(conn, &wire.Hello{Proto: wire.ProtoRaft, Node: l.self, Versions: []uint8{wire.Version}}); err != nil {
 		conn.Close()
 		return nil, err
 	}

@@ -134,8 +134,9 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 // deleted in chunked transactions (one fsync each):
 //
 //   - a range that reaches the last entry is deleted from the top down,
-//     and any other from the bottom up, so a crash part-way leaves a log
-//     without holes (raft never reads a log with a gap in the middle);
+//     and any other from the bottom up, so a crash part-way only shortens
+//     the log at the end being cut and never leaves a hole among the
+//     entries raft still needs;
 //   - after each chunk the cached first/last index is re-read from the
 //     database (a seek just past the deleted keys), so FirstIndex and
 //     LastIndex always describe what is stored, gaps included.
@@ -164,15 +165,16 @@ func (s *Store) DeleteRange(minIdx, maxIdx uint64) error {
 	if topDown {
 		next = hi
 	}
-	var k [logKeyLen]byte
 	for remaining > 0 {
 		txn := s.db.NewTransaction(true)
 		n := uint64(0)
 		chunkLo, chunkHi := next, next
+		// badger holds the keys until commit: a fresh buffer per chunk.
+		keys := make([]byte, min(remaining, deleteChunk)*logKeyLen)
 		for remaining > 0 && n < deleteChunk {
-			putLogKey(k[:], next)
-			// badger copies nothing until commit: one key per entry.
-			err := txn.Delete(append([]byte(nil), k[:]...))
+			k := keys[n*logKeyLen : (n+1)*logKeyLen : (n+1)*logKeyLen]
+			putLogKey(k, next)
+			err := txn.Delete(k)
 			if errors.Is(err, badger.ErrTxnTooBig) && n > 0 {
 				break
 			}
