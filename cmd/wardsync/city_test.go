@@ -329,6 +329,16 @@ func TestCityMembershipChangesUnderWrites(t *testing.T) {
 	if code != 200 || strings.Contains(string(body), `"c2"`) {
 		t.Fatalf("c2 still in the configuration: %s", body)
 	}
+	// Leadership moves on request, and writes follow it.
+	if code, body := e.call(e.admin, "POST", e.members["c3"].url+"/v1/cluster/leadership", map[string]string{"to": "c4"}); code != 200 {
+		t.Fatalf("transfer leadership: HTTP %d %s", code, body)
+	}
+	if l := e.waitLeader("c3", "c2"); l != "c4" {
+		t.Fatalf("leader after transfer is %s, want c4", l)
+	}
+	if _, err := e.submit("c3", 424242); err != nil {
+		t.Fatalf("write after leadership transfer: %v", err)
+	}
 	// A portal certificate may not change membership.
 	if code, _ := e.call(e.portal, "DELETE", e.members["c1"].url+"/v1/cluster/members/c3", nil); code != http.StatusForbidden {
 		t.Fatalf("portal removing a member: HTTP %d, want 403", code)

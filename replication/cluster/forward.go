@@ -125,7 +125,7 @@ func (c *Cluster) serveCluster(ctx context.Context, conn *transport.Conn, s io.R
 	res := &wire.ForwardResult{Result: out}
 	if err != nil {
 		res.Err = err.Error()
-		res.Code = "error"
+		res.Code = wire.CodeFor(err)
 		if errors.Is(err, ErrNotLeader) {
 			res.Code = wire.CodeNotLeader
 		}
