@@ -96,8 +96,8 @@ const (
 	// ChangesPage carries a page of a ward partition with its commit index,
 	// Cursor moves the ward's pull cursor. 0x24–0x2f are free for sync.
 	TypeChanges     Type = 0x21 // reserved
-	TypeChangesPage Type = 0x22 // reserved
-	TypeCursor      Type = 0x23 // reserved
+	TypeChangesPage Type = 0x22
+	TypeCursor      Type = 0x23
 
 	// 0x30–0x3f are reserved for issue 5's blob messages (manifest,
 	// have, want, chunk, chunk ack).
@@ -144,6 +144,10 @@ func newMsg(t Type) Msg {
 		return new(ForwardResult)
 	case TypeOpBatch:
 		return new(OpBatch)
+	case TypeChangesPage:
+		return new(ChangesPage)
+	case TypeCursor:
+		return new(Cursor)
 	}
 	return nil
 }

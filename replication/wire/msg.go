@@ -16,7 +16,9 @@ import (
 // refuses one it does not serve with CodeUnknownProto.
 const (
 	ProtoRaft    = "raft"    // then the stream is hashicorp/raft's
-	ProtoSync    = "sync"    // push and pull (issue 4)
+	ProtoSync    = "sync"    // reserved
+	ProtoPush    = "push"    // ward → city: OpBatch up, Ack down
+	ProtoPull    = "pull"    // city → ward: Cursor up, ChangesPage down, then live
 	ProtoCluster = "cluster" // member to member: a follower forwarding Raft commands to the leader
 	ProtoBlob    = "blob"    // attachments (issue 5)
 )
@@ -30,6 +32,9 @@ type Hello struct {
 	Node     string
 	Ward     string
 	Versions []uint8
+	// Key is the node's ed25519 op-signing public key (push only): the city
+	// records it at first contact and verifies the node's ops with it.
+	Key []byte
 }
 
 func (*Hello) Type() Type { return TypeHello }
@@ -43,6 +48,11 @@ func (m *Hello) appendPayload(e *encoder) {
 		return
 	}
 	e.bytes(m.Versions)
+	if len(m.Key) > MaxKey {
+		e.fail(fmt.Errorf("key of %d bytes, limit %d: %w", len(m.Key), MaxKey, schema.ErrTooLarge))
+		return
+	}
+	e.bytes(m.Key)
 }
 
 func (m *Hello) decodePayload(d *decoder) {
@@ -51,6 +61,9 @@ func (m *Hello) decodePayload(d *decoder) {
 	m.Ward = d.string(MaxName, "ward")
 	if v := d.bytes(MaxVersions, "versions"); v != nil {
 		m.Versions = slices.Clone(v)
+	}
+	if k := d.bytes(MaxKey, "key"); len(k) > 0 {
+		m.Key = slices.Clone(k)
 	}
 }
 
@@ -61,6 +74,7 @@ func (m *Hello) decodePayload(d *decoder) {
 type Welcome struct {
 	Version uint8
 	Node    string
+	Leader  string // the leader as this member knows it ("" if none)
 }
 
 func (*Welcome) Type() Type { return TypeWelcome }
@@ -68,11 +82,13 @@ func (*Welcome) Type() Type { return TypeWelcome }
 func (m *Welcome) appendPayload(e *encoder) {
 	e.byte(m.Version)
 	e.string(m.Node, MaxName, "node")
+	e.string(m.Leader, MaxName, "leader")
 }
 
 func (m *Welcome) decodePayload(d *decoder) {
 	m.Version = d.byte("version")
 	m.Node = d.string(MaxName, "node")
+	m.Leader = d.string(MaxName, "leader")
 }
 
 // Negotiate picks the highest protocol version that a Hello offers and
@@ -277,4 +293,48 @@ func (m *ForwardResult) decodePayload(d *decoder) {
 	m.Result = d.bytes(frameBound, "result")
 	m.Err = d.string(MaxText, "err")
 	m.Code = d.string(MaxName, "code")
+}
+
+// MaxKey bounds a public key in a Hello.
+const MaxKey = 64
+
+// Cursor opens a pull: the ward's partition and the commit index it has
+// applied up to. The city streams ChangesPages after it.
+type Cursor struct {
+	Ward  string
+	Since uint64
+}
+
+func (*Cursor) Type() Type { return TypeCursor }
+
+func (m *Cursor) appendPayload(e *encoder) {
+	e.string(m.Ward, MaxName, "ward")
+	e.uvarint(m.Since)
+}
+
+func (m *Cursor) decodePayload(d *decoder) {
+	m.Ward = d.string(MaxName, "ward")
+	m.Since = d.uvarint("since")
+}
+
+// ChangesPage is a page of a ward partition's ops in commit order. Index is
+// the cursor after applying the page: the ward stores it in the same
+// transaction as the ops. A page with no ops only moves the cursor.
+type ChangesPage struct {
+	Index uint64
+	Ops   []schema.Op
+}
+
+func (*ChangesPage) Type() Type { return TypeChangesPage }
+
+func (m *ChangesPage) appendPayload(e *encoder) {
+	e.uvarint(m.Index)
+	(&OpBatch{Ops: m.Ops}).appendPayload(e)
+}
+
+func (m *ChangesPage) decodePayload(d *decoder) {
+	m.Index = d.uvarint("index")
+	var b OpBatch
+	b.decodePayload(d)
+	m.Ops = b.Ops
 }
