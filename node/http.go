@@ -44,6 +44,7 @@ func (n *Node) Handler() http.Handler {
 	authed("POST /v1/officials", n.handleAddOfficial)
 	authed("GET /v1/me", n.handleMe)
 	authed("GET /v1/stats", n.handleStats)
+	authed("GET /v1/sync/status", n.handleSyncStatus)
 	authed("GET /v1/admin/backup", n.handleBackup)
 	// Anything else is a JSON 404, not the mux's text page.
 	route("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

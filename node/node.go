@@ -48,6 +48,9 @@ type Node struct {
 	log      *slog.Logger
 	metrics  *metrics
 
+	writes     localWrites
+	syncStatus func() any
+
 	ulidMu   sync.Mutex
 	ulidLast uint64
 	entropy  *ulid.MonotonicEntropy

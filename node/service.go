@@ -59,6 +59,7 @@ func (n *Node) CreateDossier(ctx context.Context, who store.Official, in schema.
 	})
 	if err == nil {
 		n.metrics.ops.WithLabelValues(string(schema.KindCreate)).Inc()
+		n.writes.notify()
 	}
 	return out, err
 }
@@ -108,6 +109,7 @@ func (n *Node) mutate(ctx context.Context, who store.Official, id string, kind s
 	})
 	if err == nil {
 		n.metrics.ops.WithLabelValues(string(kind)).Inc()
+		n.writes.notify()
 	}
 	return out, err
 }

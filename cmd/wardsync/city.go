@@ -21,6 +21,7 @@ import (
 
 	"github.com/wardsync/wardsync/ops/certs"
 	"github.com/wardsync/wardsync/replication/cluster"
+	wsync "github.com/wardsync/wardsync/replication/sync"
 	"github.com/wardsync/wardsync/replication/transport"
 	"github.com/wardsync/wardsync/schema"
 )
@@ -171,6 +172,8 @@ func cityRun(c *cli.Context) error {
 		return err
 	}
 	defer cl.Close()
+	syncSrv := wsync.NewServer(cl, log, cl.Registry())
+	cl.SetWards(syncSrv.WardsHandler())
 	ctx := c.Context
 	epDone := make(chan error, 1)
 	go func() { epDone <- ep.Run(ctx) }()

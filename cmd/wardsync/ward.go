@@ -37,6 +37,9 @@ func wardCommand() *cli.Command {
 				Usage: "run the node's API until SIGTERM or SIGINT",
 				Flags: []cli.Flag{dataFlag,
 					str("http", "API listen `ADDR`", "WARDSYNC_HTTP", "127.0.0.1:8080"),
+					str("city", "city members' QUIC `ADDR,...` to sync with (none: offline only)", "WARDSYNC_CITY_QUIC", ""),
+					str("tls", "`DIR` with the ward certificate (ca.crt, node.crt, node.key); needed with --city", "WARDSYNC_TLS", ""),
+					str("quic", "local UDP `ADDR` to sync from", "WARDSYNC_QUIC", "0.0.0.0:0"),
 					proceduresFlag, wardsFlag, holidaysFlag, encKeyFlag, logLevelFlag, logFormatFlag},
 				Action: wardRun,
 			}),
@@ -191,6 +194,13 @@ func wardRun(c *cli.Context) error {
 	defer n.Close()
 	id := n.Identity()
 	cfg.Logger.Info("ward node starting", "node", id.Node, "ward", id.Ward, "data", cfg.Dir)
+	if city := c.String("city"); city != "" {
+		stop, err := startSync(c, n, cfg.Logger, city)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	err = n.Serve(c.Context, c.String("http"), func(a net.Addr) {
 		// A line that scripts and tests wait for.
 		fmt.Fprintf(c.App.Writer, "listening on http://%s\n", a)

@@ -27,7 +27,13 @@ import (
 // On the city FSM only:
 //
 //	wc/<ward> 0 <index:8> <origin> 0 <seq:8>   per-ward change index by Raft commit index
-//	hw/<origin>                      highest seq committed from that origin
+//	hw/<origin>                      highest seq committed from that origin (gapless)
+//	pk/<origin>                      the origin's op-signing key and wards, set at first push
+//	tr/<dossier>                     the ward that keeps a tracking copy (cross-ward reception)
+//
+// On a ward only:
+//
+//	m/pull_cursor, m/push_acked      sync cursors
 //	m/applied                        last Raft index applied
 const sep = 0x00
 
@@ -46,6 +52,8 @@ var (
 	prefixToken      = []byte("ut/")
 	prefixChange     = []byte("wc/")
 	prefixHighWater  = []byte("hw/")
+	prefixOriginKey  = []byte("pk/")
+	prefixTracker    = []byte("tr/")
 )
 
 // Metadata keys.
@@ -55,7 +63,9 @@ var (
 	keyHLC      = metaKey("hlc")
 	keyPrev     = metaKey("prev")
 	keyFormat   = metaKey("format")
-	keyApplied  = metaKey("applied")
+	keyApplied    = metaKey("applied")
+	keyPullCursor = metaKey("pull_cursor")
+	keyPushAcked  = metaKey("push_acked")
 )
 
 // formatVersion is the key layout version written at init. A node refuses
@@ -133,6 +143,10 @@ func changeKey(ward string, index uint64, id schema.OpID) []byte {
 func changePrefix(ward string) []byte { return append(cat(prefixChange, ward), sep) }
 
 func highWaterKey(origin string) []byte { return cat(prefixHighWater, origin) }
+
+func originKeyKey(origin string) []byte { return cat(prefixOriginKey, origin) }
+
+func trackerKey(dossier string) []byte { return cat(prefixTracker, dossier) }
 
 func officialKey(id string) []byte { return cat(prefixOfficial, id) }
 

@@ -79,6 +79,9 @@ type Cluster struct {
 	once   sync.Once
 	fwd    *forwarder
 	protos map[string]ProtoHandler
+	hub    *changeHub
+	infos  map[string]func() ([]byte, error)
+	wards  func(context.Context) (any, error)
 
 	ulidMu  sync.Mutex
 	entropy *ulid.MonotonicEntropy
@@ -187,9 +190,10 @@ func Open(cfg Config) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{cfg: cfg, log: log, logs: logs, st: st, props: make(chan *proposal, 4*cfg.MaxBatch),
-		quit: make(chan struct{}), entropy: ulid.Monotonic(rand.Reader, 0), protos: map[string]ProtoHandler{}}
+		quit: make(chan struct{}), entropy: ulid.Monotonic(rand.Reader, 0), protos: map[string]ProtoHandler{}, infos: map[string]func() ([]byte, error){}}
 	c.m = newMetrics(cfg.Registry, func() *raft.Raft { return c.raft })
-	c.fsm = &fsm{st: st, log: log, m: c.m}
+	c.hub = newChangeHub()
+	c.fsm = &fsm{st: st, log: log, m: c.m, notify: c.hub.notify}
 	var floor schema.HLC
 	st.View(func(tx *store.Tx) error { floor, _ = tx.HLCFloor(); return nil })
 	c.clock = schema.NewClock(cfg.Now, floor, 0)
@@ -282,6 +286,13 @@ func (c *Cluster) Close() error {
 
 // Store exposes the FSM's store for reads (and for the sync layer).
 func (c *Cluster) Store() *store.Store { return c.st }
+
+// Registry is the member's Prometheus registry.
+func (c *Cluster) Registry() *prometheus.Registry { return c.cfg.Registry }
+
+// SetWards installs what GET /v1/wards answers (the sync layer's view of
+// every ward). Call before serving.
+func (c *Cluster) SetWards(f func(context.Context) (any, error)) { c.wards = f }
 
 // Raft exposes the raft instance (status, tests).
 func (c *Cluster) Raft() *raft.Raft { return c.raft }

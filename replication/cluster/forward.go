@@ -138,6 +138,12 @@ func (c *Cluster) local(ctx context.Context, req rpc) ([]byte, error) {
 	switch req.Op {
 	case "status":
 		return json.Marshal(c.Status())
+	case "info":
+		f, ok := c.infos[req.ID]
+		if !ok {
+			return nil, fmt.Errorf("no info %q on this member", req.ID)
+		}
+		return f()
 	}
 	if !c.IsLeader() {
 		return nil, ErrNotLeader
@@ -370,4 +376,26 @@ func (f *forwarder) forget(addr string, c *transport.Conn) {
 	}
 	f.mu.Unlock()
 	c.CloseWithError(0, "reset")
+}
+
+// RegisterInfo serves a named piece of this member's local state to other
+// members (for example the sync sessions it holds). Call before Run.
+func (c *Cluster) RegisterInfo(name string, f func() ([]byte, error)) { c.infos[name] = f }
+
+// InfoFrom asks a member for a named piece of its local state.
+func (c *Cluster) InfoFrom(ctx context.Context, addr, name string) ([]byte, error) {
+	return c.fwd.callAt(ctx, addr, rpc{Op: "info", ID: name})
+}
+
+// Members lists the current configuration's IDs and addresses.
+func (c *Cluster) Members() (map[string]string, error) {
+	cf := c.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, s := range cf.Configuration().Servers {
+		out[string(s.ID)] = string(s.Address)
+	}
+	return out, nil
 }

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"fmt"
@@ -28,6 +29,9 @@ type fsm struct {
 	st  *store.Store
 	log *slog.Logger
 	m   *metrics
+	// notify, if set, learns which ward partitions an apply changed, after
+	// the write is on disk (pull sessions wake on it).
+	notify func(wards map[string]struct{})
 }
 
 // entryResult is what Apply returns for one Raft entry.
@@ -45,6 +49,7 @@ func (f *fsm) Apply(l *raft.Log) interface{} { return f.ApplyBatch([]*raft.Log{l
 func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 	out := make([]interface{}, len(logs))
 	start := time.Now()
+	touched := map[string]struct{}{}
 	err := f.st.Write(context.Background(), func(tx *store.Tx) error {
 		applied, err := tx.Applied()
 		if err != nil {
@@ -75,9 +80,17 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 				f.m.commandsPerEntry.Observe(float64(len(cmds)))
 			}
 		}
-		for _, w := range dossiers {
+		for id, w := range dossiers {
 			if err := w.flush(tx); err != nil {
 				return err
+			}
+			if w.changed && len(w.ops) > 0 {
+				touched[w.ops[0].Ward] = struct{}{}
+				if t, ok, err := tx.Tracker(id); err != nil {
+					return err
+				} else if ok {
+					touched[t] = struct{}{}
+				}
 			}
 		}
 		if last := logs[len(logs)-1].Index; last > applied {
@@ -89,6 +102,9 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 		// A committed entry that cannot be stored leaves this member
 		// behind the log; continuing would diverge silently. Stop loudly.
 		panic(fmt.Sprintf("cluster: fsm cannot store committed entries: %v", err))
+	}
+	if f.notify != nil && len(touched) > 0 {
+		f.notify(touched)
 	}
 	if f.m != nil {
 		f.m.entriesPerApply.Observe(float64(len(logs)))
@@ -146,29 +162,21 @@ func (f *fsm) applyCommand(tx *store.Tx, dossiers map[string]*dossierWork, index
 		return Result{}, tx.PutIdentity(id)
 	case KindPortal:
 		return f.applyPortal(tx, dossiers, index, c.Portal)
-	case KindOps:
-		n := 0
-		for i := range c.Ops {
-			op := &c.Ops[i]
-			seen, err := tx.HasOp(op.ID)
-			if err != nil {
-				return Result{}, err
-			}
-			if seen {
-				continue // applied at most once, however often it is pushed
-			}
-			if err := tx.PutRemoteOp(op, index); err != nil {
-				return Result{}, err
-			}
-			w, err := work(tx, dossiers, op.Dossier)
-			if err != nil {
-				return Result{}, err
-			}
-			w.ops = append(w.ops, *op)
-			w.changed = true
-			n++
+	case KindRegister:
+		r := c.Register
+		cur, ok, err := tx.OriginKey(r.Origin)
+		if err != nil {
+			return Result{}, err
 		}
-		return Result{Applied: n}, nil
+		if ok {
+			if !bytes.Equal(cur.Key, r.Key) {
+				return Result{Err: fmt.Sprintf("origin %s is registered with another key", r.Origin), Code: "forbidden"}, nil
+			}
+			return Result{}, nil
+		}
+		return Result{}, tx.PutOriginKey(r.Origin, store.OriginInfo{Key: r.Key, Wards: r.Wards})
+	case KindOps:
+		return f.applyOps(tx, dossiers, index, c)
 	}
 	return Result{Err: fmt.Sprintf("unknown command kind %d", c.Kind), Code: "invalid"}, nil
 }
@@ -251,3 +259,81 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 }
 
 func (s *fsmSnapshot) Release() { s.sn.Release() }
+
+// applyOps stores pushed ops. Every decision is made here, from the FSM's
+// own state, so all members decide alike: an op already held is skipped
+// (applied at most once); an op must continue its origin's log without a
+// gap; and a pusher may write only dossiers of wards its certificate
+// names, except a create for another ward (cross-ward reception), whose
+// dossier then gets the pusher's ward as tracker. At the first refused op
+// the rest of the command is refused too (it would leave a gap), and the
+// result names the op and the reason; what came before it stays.
+func (f *fsm) applyOps(tx *store.Tx, dossiers map[string]*dossierWork, index uint64, c *Command) (Result, error) {
+	res := Result{}
+	refuse := func(op *schema.Op, code, format string, args ...any) (Result, error) {
+		res.Code, res.Refused = code, op.ID.String()
+		res.Err = fmt.Sprintf("op %s refused: %s", op.ID, fmt.Sprintf(format, args...))
+		f.log.Warn("fsm: push refused", "origin", op.ID.Origin, "op", op.ID.String(), "code", code, "reason", res.Err)
+		return res, nil
+	}
+	for i := range c.Ops {
+		op := &c.Ops[i]
+		seen, err := tx.HasOp(op.ID)
+		if err != nil {
+			return Result{}, err
+		}
+		if seen {
+			continue
+		}
+		hw, err := tx.HighWater(op.ID.Origin)
+		if err != nil {
+			return Result{}, err
+		}
+		if op.ID.Seq != hw+1 {
+			return refuse(op, "gap", "the city holds %s up to seq %d", op.ID.Origin, hw)
+		}
+		w, err := work(tx, dossiers, op.Dossier)
+		if err != nil {
+			return Result{}, err
+		}
+		exists := false
+		var ward string
+		for _, o := range w.ops {
+			if o.Kind == schema.KindCreate {
+				exists, ward = true, o.Ward
+				break
+			}
+		}
+		if p := c.Pusher; p != nil {
+			pusher := schema.PeerIdentity{Role: schema.PeerBackup, Node: p.Node, Wards: p.Wards}
+			switch {
+			case op.ID.Origin != p.Node:
+				return refuse(op, "forbidden", "node %s may push only its own ops", p.Node)
+			case exists && op.Ward != ward:
+				return refuse(op, "forbidden", "dossier %s belongs to ward %s, not %s", op.Dossier, ward, op.Ward)
+			case exists && !pusher.MayServe(ward):
+				return refuse(op, "forbidden", "node %s may not write dossier %s of ward %s", p.Node, op.Dossier, ward)
+			case !exists && op.Kind != schema.KindCreate:
+				return refuse(op, "forbidden", "dossier %s does not exist at the city", op.Dossier)
+			case !exists && !pusher.MayServe(op.Ward) && len(p.Wards) > 0:
+				// Cross-ward reception: the dossier lives in op.Ward's
+				// partition; the receiving ward keeps a tracking copy.
+				tx.SetTracker(op.Dossier, p.Wards[0])
+			}
+		}
+		if err := tx.PutRemoteOp(op, index); err != nil {
+			return Result{}, err
+		}
+		w.ops = append(w.ops, *op)
+		w.changed = true
+		res.Applied++
+	}
+	if len(c.Ops) > 0 {
+		hw, err := tx.HighWater(c.Ops[0].ID.Origin)
+		if err != nil {
+			return Result{}, err
+		}
+		res.HighWater = hw
+	}
+	return res, nil
+}

@@ -38,6 +38,7 @@ func (c *Cluster) Handler() http.Handler {
 	c.route(mux, "POST /v1/dossiers", c.handlePortal, schema.PeerPortal, schema.PeerAdmin)
 	c.route(mux, "GET /v1/dossiers/{id}", c.handleGet, schema.PeerPortal, schema.PeerAdmin)
 	c.route(mux, "GET /v1/wards/{code}/dossiers", c.handleWardList, schema.PeerPortal, schema.PeerAdmin)
+	c.route(mux, "GET /v1/wards", c.handleWards, schema.PeerAdmin)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		httpjson.WriteError(w, r, fmt.Errorf("%w: no route %s %s", schema.ErrNotFound, r.Method, r.URL.Path), c.log)
 	})
@@ -347,5 +348,19 @@ func (c *Cluster) handleWardList(w http.ResponseWriter, r *http.Request, _ schem
 		nc = &next
 	}
 	httpjson.WriteJSON(w, http.StatusOK, map[string]any{"items": views, "next_cursor": nc})
+	return nil
+}
+
+func (c *Cluster) handleWards(w http.ResponseWriter, r *http.Request, _ schema.PeerIdentity) error {
+	if c.wards == nil {
+		return fmt.Errorf("%w: sync is not running on this member", schema.ErrNotFound)
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	v, err := c.wards(ctx)
+	if err != nil {
+		return err
+	}
+	httpjson.WriteJSON(w, http.StatusOK, v)
 	return nil
 }

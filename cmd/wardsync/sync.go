@@ -1,0 +1,61 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/wardsync/wardsync/node"
+	"github.com/wardsync/wardsync/ops/certs"
+	wsync "github.com/wardsync/wardsync/replication/sync"
+	"github.com/wardsync/wardsync/replication/transport"
+	"github.com/wardsync/wardsync/schema"
+)
+
+// startSync links a ward node to the city: one QUIC endpoint with the
+// ward's certificate, and the push/pull client. It returns a stop function.
+func startSync(c *cli.Context, n *node.Node, log *slog.Logger, city string) (func(), error) {
+	if c.String("tls") == "" {
+		return nil, fmt.Errorf("--tls: the ward certificate directory is required with --city")
+	}
+	cert, pool, self, err := certs.LoadBundle(c.String("tls"), time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("--tls: %w", err)
+	}
+	id := n.Identity()
+	if self.Node != id.Node || (self.Role != schema.PeerWard && self.Role != schema.PeerBackup) || !self.MayServe(id.Ward) {
+		return nil, fmt.Errorf("--tls: certificate is for %s, but this node is %s of ward %s (issue one with `ops cert issue --role ward --node %s --ward %s`)",
+			self, id.Node, id.Ward, id.Node, id.Ward)
+	}
+	var addrs []string
+	for _, a := range strings.Split(city, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	ep, err := transport.New(transport.Config{Addr: c.String("quic"), Cert: cert, CA: pool, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("--quic %s: %w", c.String("quic"), err)
+	}
+	cl, err := wsync.NewClient(wsync.ClientConfig{Node: n, Endpoint: ep, City: addrs, Logger: log, Registry: n.Registry()})
+	if err != nil {
+		ep.Close()
+		return nil, err
+	}
+	n.SetSyncStatus(func() any { return cl.Status() })
+	ctx, cancel := context.WithCancel(c.Context)
+	done := make(chan struct{}, 2)
+	go func() { ep.Run(ctx); done <- struct{}{} }()
+	go func() { cl.Run(ctx); done <- struct{}{} }()
+	log.Info("syncing with the city", "members", addrs)
+	return func() {
+		cancel()
+		ep.Close()
+		<-done
+		<-done
+	}, nil
+}

@@ -1,0 +1,381 @@
+package sync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	gosync "sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wardsync/wardsync/node"
+	"github.com/wardsync/wardsync/node/store"
+	"github.com/wardsync/wardsync/replication/transport"
+	"github.com/wardsync/wardsync/replication/wire"
+	"github.com/wardsync/wardsync/schema"
+)
+
+// ClientConfig configures a ward's link to the city.
+type ClientConfig struct {
+	Node     *node.Node
+	Endpoint *transport.Endpoint
+	City     []string // QUIC addresses of city members; any one will do
+	Logger   *slog.Logger
+	Registry prometheus.Registerer
+
+	MinBackoff time.Duration // first retry delay (default 200ms); doubles to MaxBackoff
+	MaxBackoff time.Duration // default 15s
+	BatchOps   int           // ops per pushed batch (default 2000)
+	BatchBytes int           // bytes per pushed batch (default 1 MiB)
+	Window     int           // batches in flight before waiting for acks (default 4)
+}
+
+// Client keeps a ward in sync with the city: it pushes the node's own ops
+// and pulls its ward's partition, reconnecting on its own.
+type Client struct {
+	cfg ClientConfig
+	log *slog.Logger
+	m   *clientMetrics
+	id  store.Identity
+
+	mu        gosync.Mutex
+	connected bool
+	member    string
+	leader    string
+	acked     uint64
+	cursor    uint64
+	lastAck   time.Time
+	lastPull  time.Time
+	lastErr   string
+}
+
+// Status is a ward's sync state as GET /v1/sync/status shows it.
+type Status struct {
+	Enabled       bool       `json:"enabled"`
+	Connected     bool       `json:"connected"`
+	CityMember    string     `json:"city_member"`
+	Leader        string     `json:"leader"`
+	OutboxDepth   uint64     `json:"outbox_depth"`
+	LastPushAckAt *time.Time `json:"last_push_ack_at"`
+	LastPullAt    *time.Time `json:"last_pull_at"`
+	LagSeconds    float64    `json:"lag_seconds"`
+	PushAcked     uint64     `json:"push_acked"`
+	LastSeq       uint64     `json:"last_seq"`
+	PullCursor    uint64     `json:"pull_cursor"`
+	LastError     string     `json:"last_error,omitempty"`
+}
+
+// NewClient builds a client; Run starts it.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	if len(cfg.City) == 0 {
+		return nil, errors.New("sync: no city member addresses")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 200 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 15 * time.Second
+	}
+	if cfg.BatchOps <= 0 {
+		cfg.BatchOps = 2000
+	}
+	if cfg.BatchBytes <= 0 {
+		cfg.BatchBytes = 1 << 20
+	}
+	if cfg.Window <= 0 {
+		cfg.Window = 4
+	}
+	c := &Client{cfg: cfg, log: cfg.Logger, m: newClientMetrics(cfg.Registry), id: cfg.Node.Identity()}
+	err := cfg.Node.Store().View(func(tx *store.Tx) error {
+		var err error
+		if c.acked, err = tx.PushAcked(); err != nil {
+			return err
+		}
+		c.cursor, err = tx.PullCursor()
+		return err
+	})
+	return c, err
+}
+
+// Run keeps the link up until ctx ends, trying the members in turn with
+// jittered exponential backoff. The node works offline meanwhile.
+func (c *Client) Run(ctx context.Context) error {
+	backoff := c.cfg.MinBackoff
+	for i := 0; ctx.Err() == nil; i++ {
+		addr := c.cfg.City[i%len(c.cfg.City)]
+		start := time.Now()
+		err := c.session(ctx, addr)
+		c.setConnected(false, "", "")
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.mu.Lock()
+		c.lastErr = err.Error()
+		c.mu.Unlock()
+		c.m.reconnects.Inc()
+		c.log.Warn("sync: link to the city lost; retrying", "member", addr, "err", err, "in", backoff)
+		if time.Since(start) > 30*time.Second {
+			backoff = c.cfg.MinBackoff // it had been up a while: start over
+		}
+		// Full jitter: many wards that lost the city together do not all
+		// come back in the same instant.
+		wait := time.Duration(rand.Int64N(int64(backoff))) + backoff/2
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, c.cfg.MaxBackoff)
+	}
+	return nil
+}
+
+func (c *Client) setConnected(up bool, member, leader string) {
+	c.mu.Lock()
+	c.connected, c.member = up, member
+	if leader != "" || !up {
+		c.leader = leader
+	}
+	c.mu.Unlock()
+	if up {
+		c.m.connected.Set(1)
+	} else {
+		c.m.connected.Set(0)
+	}
+}
+
+// session runs push and pull on one connection until either fails.
+func (c *Client) session(ctx context.Context, addr string) error {
+	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	conn, err := c.cfg.Endpoint.Dial(dctx, addr, transport.ALPNSync, schema.PeerCity)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", addr, err)
+	}
+	defer conn.CloseWithError(0, "session over")
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	errc := make(chan error, 2)
+	go func() { errc <- c.push(sctx, conn) }()
+	go func() { errc <- c.pull(sctx, conn) }()
+	err = <-errc
+	stop()
+	conn.CloseWithError(0, "session over")
+	<-errc
+	return err
+}
+
+// open starts a stream with a Hello and reads the Welcome.
+func (c *Client) open(ctx context.Context, conn *transport.Conn, h *wire.Hello, first wire.Msg) (net.Conn, *wire.Reader, *wire.Welcome, error) {
+	s, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	sc := transport.StreamConn(conn, s)
+	go func() { <-ctx.Done(); sc.Close() }()
+	h.Node, h.Ward, h.Versions = c.id.Node, c.id.Ward, []uint8{wire.Version}
+	if err := wire.WriteMsg(sc, h); err != nil {
+		return nil, nil, nil, err
+	}
+	if first != nil {
+		if err := wire.WriteMsg(sc, first); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	r := wire.NewReader(sc, maxFrame)
+	msg, err := r.Read()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	switch m := msg.(type) {
+	case *wire.Welcome:
+		return sc, r, m, nil
+	case *wire.Error:
+		return nil, nil, nil, m
+	}
+	return nil, nil, nil, fmt.Errorf("expected Welcome, got %T", msg)
+}
+
+func (c *Client) push(ctx context.Context, conn *transport.Conn) error {
+	sc, r, w, err := c.open(ctx, conn, &wire.Hello{Proto: wire.ProtoPush, Key: c.id.PublicKey}, nil)
+	if err != nil {
+		return fmt.Errorf("push: %w", err)
+	}
+	c.setConnected(true, w.Node, w.Leader)
+	msg, err := r.Read()
+	if err != nil {
+		return fmt.Errorf("push: %w", err)
+	}
+	ack, ok := msg.(*wire.Ack)
+	if !ok {
+		return fmt.Errorf("push: expected Ack, got %T", msg)
+	}
+	// Start from what the city holds, whatever this node believed.
+	sent := ack.Seq
+	if err := c.acknowledge(ctx, ack.Seq); err != nil {
+		return err
+	}
+	window := make(chan struct{}, c.cfg.Window)
+	acks := make(chan error, 1)
+	go func() {
+		for {
+			msg, err := r.Read()
+			if err != nil {
+				acks <- fmt.Errorf("push: %w", err)
+				return
+			}
+			switch m := msg.(type) {
+			case *wire.Ack:
+				if err := c.acknowledge(ctx, m.Seq); err != nil {
+					acks <- err
+					return
+				}
+				select {
+				case <-window:
+				default:
+				}
+			case *wire.Error:
+				c.log.Error("sync: the city refused a push", "code", m.Code, "reason", m.Message)
+				acks <- fmt.Errorf("push refused: %w", m)
+				return
+			default:
+				acks <- fmt.Errorf("push: unexpected %T", msg)
+				return
+			}
+		}
+	}()
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	for {
+		wake := c.cfg.Node.LocalWrites()
+		ops, err := c.outbox(sent)
+		if err != nil {
+			return err
+		}
+		if len(ops) == 0 {
+			select {
+			case <-wake:
+			case <-tick.C:
+			case err := <-acks:
+				return err
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			continue
+		}
+		select {
+		case window <- struct{}{}:
+		case err := <-acks:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if err := wire.WriteMsg(sc, &wire.OpBatch{Ops: ops}); err != nil {
+			return fmt.Errorf("push: %w", err)
+		}
+		sent = ops[len(ops)-1].ID.Seq
+	}
+}
+
+// outbox reads the node's own ops after seq, bounded by count and bytes.
+func (c *Client) outbox(after uint64) ([]schema.Op, error) {
+	var ops []schema.Op
+	err := c.cfg.Node.Store().View(func(tx *store.Tx) error {
+		var err error
+		ops, err = tx.OpsOf(c.id.Node, after, c.cfg.BatchOps)
+		return err
+	})
+	size := 0
+	for i := range ops {
+		size += len(ops[i].Body) + 200
+		if size > c.cfg.BatchBytes && i > 0 {
+			return ops[:i], err
+		}
+	}
+	return ops, err
+}
+
+// acknowledge records the city's high-water mark durably.
+func (c *Client) acknowledge(ctx context.Context, seq uint64) error {
+	err := c.cfg.Node.Store().Write(ctx, func(tx *store.Tx) error { return tx.SetPushAcked(seq) })
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if seq > c.acked {
+		c.m.pushed.Add(float64(seq - c.acked))
+	}
+	c.acked, c.lastAck = max(c.acked, seq), time.Now().UTC()
+	c.mu.Unlock()
+	c.m.pushAcked.Set(float64(seq))
+	return nil
+}
+
+func (c *Client) pull(ctx context.Context, conn *transport.Conn) error {
+	c.mu.Lock()
+	since := c.cursor
+	c.mu.Unlock()
+	_, r, _, err := c.open(ctx, conn, &wire.Hello{Proto: wire.ProtoPull}, &wire.Cursor{Ward: c.id.Ward, Since: since})
+	if err != nil {
+		return fmt.Errorf("pull: %w", err)
+	}
+	for {
+		msg, err := r.Read()
+		if err != nil {
+			return fmt.Errorf("pull: %w", err)
+		}
+		switch m := msg.(type) {
+		case *wire.ChangesPage:
+			n, err := c.cfg.Node.ApplyPulled(ctx, m.Ops, m.Index)
+			if err != nil {
+				return err
+			}
+			c.m.pulled.Add(float64(n))
+			c.m.pullCursor.Set(float64(m.Index))
+			c.mu.Lock()
+			c.cursor, c.lastPull = max(c.cursor, m.Index), time.Now().UTC()
+			c.mu.Unlock()
+		case *wire.Error:
+			return fmt.Errorf("pull refused: %w", m)
+		default:
+			return fmt.Errorf("pull: unexpected %T", msg)
+		}
+	}
+}
+
+// Status reports the link for GET /v1/sync/status.
+func (c *Client) Status() Status {
+	c.mu.Lock()
+	st := Status{Enabled: true, Connected: c.connected, CityMember: c.member, Leader: c.leader,
+		PushAcked: c.acked, PullCursor: c.cursor, LastError: c.lastErr}
+	if !c.lastAck.IsZero() {
+		t := c.lastAck
+		st.LastPushAckAt = &t
+	}
+	if !c.lastPull.IsZero() {
+		t := c.lastPull
+		st.LastPullAt = &t
+	}
+	c.mu.Unlock()
+	c.cfg.Node.Store().View(func(tx *store.Tx) error {
+		st.LastSeq, _ = tx.LastSeq()
+		if st.LastSeq > st.PushAcked {
+			st.OutboxDepth = st.LastSeq - st.PushAcked
+			// Lag: how long the oldest op the city lacks has waited.
+			if op, ok, _ := tx.Op(schema.OpID{Origin: c.id.Node, Seq: st.PushAcked + 1}); ok {
+				st.LagSeconds = max(0, time.Since(op.HLC.Time()).Seconds())
+			}
+		}
+		return nil
+	})
+	c.m.outbox.Set(float64(st.OutboxDepth))
+	c.m.lag.Set(st.LagSeconds)
+	return st
+}
