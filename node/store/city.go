@@ -106,7 +106,9 @@ func (tx *Tx) OriginKey(origin string) (OriginInfo, bool, error) {
 }
 
 // PutOriginKey registers an origin's key (first registration wins).
-func (tx *Tx) PutOriginKey(origin string, o OriginInfo) error { return setJSON(tx, originKeyKey(origin), o) }
+func (tx *Tx) PutOriginKey(origin string, o OriginInfo) error {
+	return setJSON(tx, originKeyKey(origin), o)
+}
 
 // Origins lists every registered origin with its high-water mark.
 func (tx *Tx) Origins() (map[string]OriginInfo, map[string]uint64, error) {

@@ -58,11 +58,11 @@ var (
 
 // Metadata keys.
 var (
-	keyIdentity = metaKey("identity")
-	keySeq      = metaKey("seq")
-	keyHLC      = metaKey("hlc")
-	keyPrev     = metaKey("prev")
-	keyFormat   = metaKey("format")
+	keyIdentity   = metaKey("identity")
+	keySeq        = metaKey("seq")
+	keyHLC        = metaKey("hlc")
+	keyPrev       = metaKey("prev")
+	keyFormat     = metaKey("format")
 	keyApplied    = metaKey("applied")
 	keyPullCursor = metaKey("pull_cursor")
 	keyPushAcked  = metaKey("push_acked")
