@@ -24,10 +24,11 @@ import (
 func opsCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "ops",
-		Usage: "city IT operations: the city CA and node certificates",
+		Usage: "city IT operations: the city CA and node certificates, ward sync status",
 		Subcommands: []*cli.Command{
 			opsCACommand(),
 			opsCertCommand(),
+			opsStatusCommand(),
 		},
 	}
 }

@@ -172,6 +172,23 @@ func TestSyncOfflineThenHeal(t *testing.T) {
 		return nil
 	})
 
+	// The operator's table says the same.
+	eventually(t, "ops status shows the ward up with no lag", 30*time.Second, func() error {
+		out, err := exec.Command(wardsyncBin(t), "ops", "status", "--city", e.members["c1"].url, "--tls", filepath.Join(e.dir, "tls", "admin")).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(line); len(f) > 0 && f[0] == a.ward {
+				if f[1] != "up" || f[len(f)-1] != "0" {
+					return fmt.Errorf("row %q", line)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("no row for %s in\n%s", a.ward, out)
+	})
+
 	// A portal submission at the city reaches the ward.
 	var p syncedDossier
 	code, body := e.call(e.portal, "POST", e.members["c3"].url+"/v1/dossiers", map[string]any{"procedure": "birth-registration", "ward": a.ward,

@@ -196,9 +196,11 @@ func run(cfg config) error {
 	if res.Requests == 0 {
 		return errors.New("no request completed")
 	}
+	if res.Errors > 0 {
+		fmt.Fprintf(os.Stderr, "loadgen: %d of %d requests failed; first errors:\n  %s\n", res.Errors, res.Requests, strings.Join(st.firstErrs, "\n  "))
+	}
 	if rate := float64(res.Errors) / float64(res.Requests); rate > cfg.maxErrRate {
-		return fmt.Errorf("FAILED: %d of %d requests failed (%.2f%%, limit %.2f%%); first errors:\n  %s",
-			res.Errors, res.Requests, 100*rate, 100*cfg.maxErrRate, strings.Join(st.firstErrs, "\n  "))
+		return fmt.Errorf("FAILED: %d of %d requests failed (%.2f%%, limit %.2f%%)", res.Errors, res.Requests, 100*rate, 100*cfg.maxErrRate)
 	}
 	return nil
 }
