@@ -45,6 +45,7 @@ func newApp() *cli.App {
 			proceduresCommand(),
 			statsCommand(),
 			opsCommand(),
+			demoCommand(),
 		},
 	}
 }
