@@ -41,3 +41,13 @@ func (h *changeHub) notify(wards map[string]struct{}) {
 // ward's partition on this member. Take it before reading the partition,
 // so a change between the read and the wait is not missed.
 func (c *Cluster) WaitChanges(ward string) <-chan struct{} { return c.hub.wait(ward) }
+
+// notifyAll wakes every waiter (after a snapshot restore replaced the state).
+func (h *changeHub) notifyAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for w, ch := range h.wards {
+		close(ch)
+		delete(h.wards, w)
+	}
+}

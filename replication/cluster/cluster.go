@@ -193,7 +193,7 @@ func Open(cfg Config) (*Cluster, error) {
 		quit: make(chan struct{}), entropy: ulid.Monotonic(rand.Reader, 0), protos: map[string]ProtoHandler{}, infos: map[string]func() ([]byte, error){}}
 	c.m = newMetrics(cfg.Registry, func() *raft.Raft { return c.raft })
 	c.hub = newChangeHub()
-	c.fsm = &fsm{st: st, log: log, m: c.m, notify: c.hub.notify}
+	c.fsm = &fsm{st: st, log: log, m: c.m, notify: c.hub.notify, restored: c.hub.notifyAll}
 	var floor schema.HLC
 	st.View(func(tx *store.Tx) error { floor, _ = tx.HLCFloor(); return nil })
 	c.clock = schema.NewClock(cfg.Now, floor, 0)

@@ -32,6 +32,8 @@ type fsm struct {
 	// notify, if set, learns which ward partitions an apply changed, after
 	// the write is on disk (pull sessions wake on it).
 	notify func(wards map[string]struct{})
+	// restored, if set, is called after a snapshot replaced the state.
+	restored func()
 }
 
 // entryResult is what Apply returns for one Raft entry.
@@ -239,6 +241,9 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	h, _ := f.st.StateHash()
+	if f.restored != nil {
+		f.restored()
+	}
 	f.log.Info("fsm: restored from snapshot", "state_hash", fmt.Sprintf("%x", h[:8]), "took", time.Since(start))
 	return nil
 }
