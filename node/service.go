@@ -43,8 +43,14 @@ func (n *Node) CreateDossier(ctx context.Context, who store.Official, in schema.
 			DueAt:      n.calendar.DueAt(received, proc.ProcessingDays).UnixMilli(),
 		}
 		op := schema.Op{
-			ID: schema.OpID{Origin: n.id.Node}, Ward: in.Ward, Dossier: id, HLC: hlc,
+			ID: schema.OpID{Origin: n.id.Node, Seq: 1}, Ward: in.Ward, Dossier: id, HLC: hlc,
 			Actor: actorOf(who), Kind: schema.KindCreate, Body: schema.MarshalBody(body),
+		}
+		// (Seq 1 is a placeholder until AppendLocal gives the real one.)
+		// Bytes, not characters, bound an op: refuse a form whose encoding
+		// would be too big to sync rather than store an op nobody can read.
+		if err := op.CheckShape(); err != nil {
+			return err
 		}
 		if err := tx.AppendLocal(&op, n.id.PrivateKey); err != nil {
 			return err
@@ -88,13 +94,21 @@ func (n *Node) mutate(ctx context.Context, who store.Official, id string, kind s
 		if !ok {
 			return errNoDossier
 		}
+		if d.Ward != n.id.Ward {
+			// A dossier received here for another ward: that ward processes
+			// it; this office keeps a read-only tracking copy.
+			return fmt.Errorf("%w: dossier %s belongs to ward %s; this office keeps a read-only tracking copy", schema.ErrForbidden, id, d.Ward)
+		}
 		op := schema.Op{
-			ID: schema.OpID{Origin: n.id.Node}, Ward: d.Ward, Dossier: id, HLC: n.clock.Now(),
+			ID: schema.OpID{Origin: n.id.Node, Seq: 1}, Ward: d.Ward, Dossier: id, HLC: n.clock.Now(),
 			Actor: actorOf(who), Kind: kind, Body: raw,
 		}
 		// Check before signing: refused moves (409/403) are common at the
 		// desk and should not cost a signature.
 		if err := schema.Check(&d, &op); err != nil {
+			return err
+		}
+		if err := op.CheckShape(); err != nil {
 			return err
 		}
 		if err := tx.AppendLocal(&op, n.id.PrivateKey); err != nil {

@@ -37,6 +37,9 @@ type PeerIdentity struct {
 	Wards []string
 }
 
+// ReservedOrigin is the origin of ops the city makes itself.
+const ReservedOrigin = "city"
+
 // IdentityScheme is the URI scheme of a PeerIdentity SAN.
 const IdentityScheme = "wardsync"
 
@@ -53,6 +56,11 @@ func (p PeerIdentity) Validate() error {
 	}
 	if !peerNodeRe.MatchString(p.Node) {
 		return fieldErr("node", "%q must be 1-32 lower-case letters, digits and -", p.Node)
+	}
+	if p.Node == ReservedOrigin {
+		// The city's own ops (portal intake) carry this origin; no
+		// certificate may claim it.
+		return fieldErr("node", "%q is reserved for the city's own ops", p.Node)
 	}
 	for _, w := range p.Wards {
 		if !wardCodeRe.MatchString(w) {

@@ -1,10 +1,13 @@
 package schema
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -120,14 +123,42 @@ type ResolveBody struct {
 
 // MarshalBody encodes an op body. encoding/json is deterministic for these
 // types (struct order, sorted map keys), so the same body always has the
-// same bytes and the same signature.
+// same bytes and the same signature. HTML escaping is off: it would turn
+// one '<' into six bytes and let a valid form outgrow the op size limit.
 func MarshalBody(v any) []byte {
-	b, err := json.Marshal(v)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		// Only possible for unsupported types, which the *Body types are not.
 		panic(fmt.Sprintf("schema: marshal op body: %v", err))
 	}
-	return b
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+}
+
+var (
+	dossierIDRe = regexp.MustCompile(`^[0-7][0-9A-HJKMNP-TV-Z]{25}$`) // a ULID
+	knownKinds  = []Kind{KindCreate, KindTransition, KindAssign, KindAnnotate, KindResolve}
+)
+
+// CheckShape checks the fields that become parts of storage keys and
+// routing decisions: a ward code, a ULID dossier ID, a node ID origin, a
+// known kind, and a body within the size limit. The city runs it on every
+// pushed op, so no op can smuggle a separator into another ward's keys.
+func (op *Op) CheckShape() error {
+	switch {
+	case !wardCodeRe.MatchString(op.Ward):
+		return fmt.Errorf("%w: op %s: ward %q is not a ward code", ErrInvalid, op.ID, op.Ward)
+	case !dossierIDRe.MatchString(op.Dossier):
+		return fmt.Errorf("%w: op %s: dossier %q is not a dossier ID", ErrInvalid, op.ID, op.Dossier)
+	case !peerNodeRe.MatchString(op.ID.Origin) || op.ID.Seq == 0:
+		return fmt.Errorf("%w: op %s: bad origin or seq", ErrInvalid, op.ID)
+	case !slices.Contains(knownKinds, op.Kind):
+		return fmt.Errorf("%w: op %s: unknown kind %q", ErrInvalid, op.ID, op.Kind)
+	case len(op.Body) > MaxOpBody:
+		return fmt.Errorf("%w: op %s: body of %d bytes, limit %d", ErrTooLarge, op.ID, len(op.Body), MaxOpBody)
+	}
+	return nil
 }
 
 // SigningBytes is what the origin signs: the encoding without the signature.

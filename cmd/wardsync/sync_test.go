@@ -223,6 +223,8 @@ func TestSyncOfflineThenHeal(t *testing.T) {
 		}
 		return nil
 	})
+	// A's copy is for tracking only: B processes it.
+	a.must(t, "POST", "/v1/dossiers/"+x.ID+"/notes", map[string]string{"text": "nhắc"}, 403)
 	b.must(t, "POST", "/v1/dossiers/"+x.ID+"/transitions", map[string]string{"to": "in_review"}, 200)
 	eventually(t, "B's status change on A's tracking copy", 30*time.Second, func() error {
 		if d, _ := a.get(t, x.ID); d.Status != "in_review" {

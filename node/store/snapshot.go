@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"os"
+	"path/filepath"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -112,6 +114,13 @@ func (s *Store) Restore(r io.Reader) error {
 	if _, err := io.ReadFull(br, magic); err != nil || !bytes.Equal(magic, snapMagic) {
 		return fmt.Errorf("%w: bad header", ErrSnapshotCorrupt)
 	}
+	// A marker file says "half restored" until the end: a crash in between
+	// leaves it, and the next start restores again instead of trusting a
+	// partial state (see Restoring).
+	marker := filepath.Join(s.db.Opts().Dir, restoringMarker)
+	if err := writeMarker(marker); err != nil {
+		return err
+	}
 	if err := s.db.DropAll(); err != nil {
 		return fmt.Errorf("store: restore: drop: %w", err)
 	}
@@ -172,5 +181,41 @@ func (s *Store) Restore(r io.Reader) error {
 	if got != want {
 		return fmt.Errorf("%w: restored state hash %x, snapshot says %x", ErrSnapshotCorrupt, got[:8], want[:8])
 	}
-	return nil
+	if err := os.Remove(marker); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(marker))
+}
+
+const restoringMarker = "RESTORING"
+
+// Restoring reports whether a snapshot restore began and did not finish:
+// the state is partial and must be restored again before use.
+func (s *Store) Restoring() bool {
+	_, err := os.Stat(filepath.Join(s.db.Opts().Dir, restoringMarker))
+	return err == nil
+}
+
+func writeMarker(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

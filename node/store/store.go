@@ -15,6 +15,8 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
+
+	"github.com/wardsync/wardsync/schema"
 )
 
 // ErrClosed is returned by writes after Close.
@@ -39,6 +41,10 @@ type Options struct {
 	SkipLogCheck bool
 	// GCInterval is how often the value log is garbage-collected (0: 10m).
 	GCInterval time.Duration
+	// MemTableSize overrides the default 16 MB memtable. Badger caps one
+	// transaction at ~15% of it; the city FSM, whose Raft entries carry
+	// batches of pushed ops, uses a larger one.
+	MemTableSize int64
 	// Create allows opening a directory that holds no store yet (ward
 	// init). Without it, a mistyped --data fails instead of starting an
 	// empty node.
@@ -103,6 +109,9 @@ func badgerOptions(o Options) badger.Options {
 		WithNumCompactors(2).
 		WithValueLogFileSize(128 << 20).
 		WithLogger(badgerLogger{o.Logger})
+	if o.MemTableSize > 0 {
+		bo = bo.WithMemTableSize(o.MemTableSize)
+	}
 	if len(o.EncryptionKey) > 0 {
 		bo = bo.WithEncryptionKey(o.EncryptionKey).WithEncryptionKeyRotationDuration(30 * 24 * time.Hour)
 	}
@@ -288,8 +297,11 @@ func (s *Store) commitLoop() {
 	}
 }
 
-// commit runs a batch's functions in one badger transaction and commits it
-// with one fsync. A function's error fails only that request.
+// commit runs a batch's functions and commits their writes with as few
+// fsyncs as possible: one badger transaction for the whole batch while it
+// fits badger's transaction limit, more when it does not. A request's
+// writes are never split across two transactions, so no crash and no
+// reader ever sees half of one. A function's error fails only its request.
 func (s *Store) commit(batch []*request) {
 	start := time.Now()
 	if err := s.stickyErr(); err != nil {
@@ -299,9 +311,29 @@ func (s *Store) commit(batch []*request) {
 		}
 		return
 	}
+	// Stay well under badger's limits, estimating each entry generously.
+	maxSize, maxCount := s.db.MaxBatchSize()*9/10, s.db.MaxBatchCount()*9/10
 	txn := s.db.NewTransaction(true)
 	defer func() { txn.Discard() }()
-	ok := 0
+	var size, count int64
+	var inTxn []*request
+	committed := map[*request]bool{}
+	flush := func() error {
+		if len(inTxn) == 0 {
+			return nil
+		}
+		err := txn.Commit()
+		s.commits.Add(1)
+		if err != nil {
+			return err
+		}
+		for _, r := range inTxn {
+			committed[r] = true
+		}
+		inTxn, size, count = inTxn[:0], 0, 0
+		txn = s.db.NewTransaction(true)
+		return nil
+	}
 	var commitErr error
 	for _, r := range batch {
 		if err := r.ctx.Err(); err != nil {
@@ -313,44 +345,49 @@ func (s *Store) commit(batch []*request) {
 		if r.err != nil {
 			continue
 		}
+		var rs, rc int64
 		for _, w := range tx.pending {
-			err := w.apply(txn)
-			if errors.Is(err, badger.ErrTxnTooBig) {
-				// Commit what we have (nobody is acknowledged yet) and go on
-				// in a fresh transaction.
-				if err = txn.Commit(); err == nil {
-					s.commits.Add(1)
-					txn = s.db.NewTransaction(true)
-					err = w.apply(txn)
-				}
+			rs += int64(len(w.key)+len(w.val)) + 64
+			rc++
+		}
+		if rs > maxSize || rc > maxCount {
+			r.err = fmt.Errorf("%w: one write of %d entries and ~%d bytes exceeds the store's transaction limit", schema.ErrTooLarge, rc, rs)
+			continue
+		}
+		if size+rs > maxSize || count+rc > maxCount {
+			// The requests before this one are complete: commit them. What
+			// this one read stays true, since they are now committed.
+			if commitErr = flush(); commitErr != nil {
+				break
 			}
-			if err != nil {
-				commitErr = err
+		}
+		for _, w := range tx.pending {
+			if commitErr = w.apply(txn); commitErr != nil {
 				break
 			}
 		}
 		if commitErr != nil {
 			break
 		}
-		ok++
+		inTxn = append(inTxn, r)
+		size, count = size+rs, count+rc
 	}
-	if commitErr == nil && ok > 0 {
-		commitErr = txn.Commit()
-		s.commits.Add(1)
+	if commitErr == nil {
+		commitErr = flush()
 	}
+	ok := len(committed)
 	if commitErr != nil {
 		s.failMu.Lock()
 		s.failed = fmt.Errorf("%w: commit failed, refusing further writes until restart: %w", ErrFailed, commitErr)
 		s.failMu.Unlock()
 		s.log.Error("store: commit failed", "err", commitErr)
 		for _, r := range batch {
-			if r.err == nil {
+			if r.err == nil && !committed[r] {
 				r.err = s.failed
 			}
 		}
-	} else {
-		s.writes.Add(uint64(ok))
 	}
+	s.writes.Add(uint64(ok))
 	for _, r := range batch {
 		close(r.done)
 	}

@@ -9,6 +9,8 @@ import (
 	"os"
 	"sync"
 	"testing"
+
+	"github.com/wardsync/wardsync/schema"
 )
 
 func openTestStore(t *testing.T) *Store {
@@ -220,6 +222,9 @@ func TestSnapshotRestoreVerifiesStateHash(t *testing.T) {
 	if got, _ := dst.StateHash(); got != want {
 		t.Fatal("restored state hash differs")
 	}
+	if dst.Restoring() {
+		t.Fatal("a finished restore still says it is restoring")
+	}
 	if _, ok := readKey(t, dst, "stale"); ok {
 		t.Fatal("restore kept a key the snapshot does not have")
 	}
@@ -230,5 +235,49 @@ func TestSnapshotRestoreVerifiesStateHash(t *testing.T) {
 	bad[len(bad)/2] ^= 1
 	if err := dst.Restore(bytes.NewReader(bad)); !errors.Is(err, ErrSnapshotCorrupt) {
 		t.Fatalf("corrupted snapshot: %v, want ErrSnapshotCorrupt", err)
+	}
+	if !dst.Restoring() {
+		t.Fatal("a failed restore does not say the state is partial")
+	}
+}
+
+// TestCommitNeverSplitsOneWrite: a batch of writes larger than badger's
+// transaction limit is committed in several transactions, each holding
+// whole writes; a single write over the limit is refused whole.
+func TestCommitNeverSplitsOneWrite(t *testing.T) {
+	s := openTestStore(t)
+	val := bytes.Repeat([]byte("v"), 2048)
+	err := s.Write(context.Background(), func(tx *Tx) error {
+		for i := 0; i < 2000; i++ {
+			tx.set([]byte(fmt.Sprintf("big%05d", i)), val)
+		}
+		return nil
+	})
+	if !errors.Is(err, schema.ErrTooLarge) {
+		t.Fatalf("oversized write: %v, want ErrTooLarge", err)
+	}
+	if _, ok := readKey(t, s, "big00000"); ok {
+		t.Fatal("part of a refused write was stored")
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < 40; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Write(context.Background(), func(tx *Tx) error {
+				for i := 0; i < 100; i++ {
+					tx.set([]byte(fmt.Sprintf("w%02d-%03d", w, i)), val)
+				}
+				return nil
+			}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	for w := 0; w < 40; w++ {
+		if _, ok := readKey(t, s, fmt.Sprintf("w%02d-099", w)); !ok {
+			t.Fatalf("write %d lost", w)
+		}
 	}
 }

@@ -177,7 +177,8 @@ func Open(cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.Open(store.Options{Dir: filepath.Join(cfg.Dir, "fsm"), Logger: log, Create: true, EncryptionKey: cfg.EncryptionKey})
+	st, err := store.Open(store.Options{Dir: filepath.Join(cfg.Dir, "fsm"), Logger: log, Create: true, EncryptionKey: cfg.EncryptionKey,
+		MemTableSize: fsmMemTable})
 	if err != nil {
 		logs.Close()
 		return nil, err
@@ -215,8 +216,20 @@ func Open(cfg Config) (*Cluster, error) {
 	rc.SnapshotInterval = cfg.SnapshotInterval
 	rc.TrailingLogs = cfg.TrailingLogs
 	// The FSM is on disk and remembers what it applied; restoring the last
-	// snapshot at every start would only throw that away.
+	// snapshot at every start would only throw that away. Unless a restore
+	// was cut short, or the FSM is behind the newest snapshot (raft would
+	// resume after the snapshot's index and skip what lies between).
 	rc.NoSnapshotRestoreOnStart = true
+	var applied uint64
+	st.View(func(tx *store.Tx) error { applied, _ = tx.Applied(); return nil })
+	if metas, err := snaps.List(); err == nil && len(metas) > 0 && metas[0].Index > applied {
+		log.Warn("fsm is behind the newest snapshot; restoring it at start", "applied", applied, "snapshot", metas[0].Index)
+		rc.NoSnapshotRestoreOnStart = false
+	}
+	if st.Restoring() {
+		log.Warn("a snapshot restore was cut short; restoring again at start")
+		rc.NoSnapshotRestoreOnStart = false
+	}
 	rc.Logger = hlog
 
 	has, err := raft.HasExistingState(logs, logs, snaps)
@@ -342,6 +355,26 @@ func (c *Cluster) watchLeadership() {
 	}
 }
 
+// fsmMemTable is the city store's memtable size. Badger caps a transaction
+// at ~15% of it (~9.6 MB here), and one Raft entry must fit one FSM write.
+const fsmMemTable = 64 << 20
+
+// maxEntryBytes caps what the batcher puts in one Raft entry (the FSM
+// writes each op ~3 times: the op, its indexes, the refolded dossier).
+const maxEntryBytes = 2 << 20
+
+// MaxPushBytes is the largest batch of ops a ward may push at once.
+const MaxPushBytes = maxEntryBytes
+
+// size estimates a command's bytes in an entry.
+func (c *Command) size() int {
+	n := 256
+	for i := range c.Ops {
+		n += len(c.Ops[i].Body) + 200
+	}
+	return n
+}
+
 // proposal is one command waiting for a Raft entry.
 type proposal struct {
 	cmd  Command
@@ -385,11 +418,13 @@ func (c *Cluster) batcher() {
 		case <-c.quit:
 			return
 		}
+		size := batch[0].cmd.size()
 	gather:
-		for len(batch) < c.cfg.MaxBatch {
+		for len(batch) < c.cfg.MaxBatch && size < maxEntryBytes {
 			select {
 			case p := <-c.props:
 				batch = append(batch, p)
+				size += p.cmd.size()
 			default:
 				break gather
 			}

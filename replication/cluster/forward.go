@@ -303,13 +303,46 @@ func (f *forwarder) propose(ctx context.Context, cmd Command) (Result, error) {
 	return res, json.Unmarshal(out, &res)
 }
 
-// call sends req to the current leader.
+// call sends req to the current leader. If leadership moves while it waits
+// for the answer (the leader died, or stepped down), it gives up with
+// ErrNoLeader so that the caller retries with the new leader: a dead
+// leader's connection would otherwise hold the request until QUIC's idle
+// timeout. This is the same retry as after a lost answer: the FSM skips
+// pushed ops it already holds, and refuses a portal create whose dossier
+// ID exists rather than make it twice.
 func (f *forwarder) call(ctx context.Context, req rpc) ([]byte, error) {
 	_, addr := f.c.Leader()
 	if addr == "" {
 		return nil, ErrNoLeader
 	}
-	return f.callAt(ctx, addr, req)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	moved := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-cctx.Done():
+				return
+			case <-tick.C:
+				if _, now := f.c.Leader(); now != addr {
+					close(moved)
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	out, err := f.callAt(cctx, addr, req)
+	if err != nil && ctx.Err() == nil {
+		select {
+		case <-moved:
+			return nil, fmt.Errorf("%w: leadership moved away from %s during the request", ErrNoLeader, addr)
+		default:
+		}
+	}
+	return out, err
 }
 
 func (f *forwarder) callAt(ctx context.Context, addr string, req rpc) ([]byte, error) {
@@ -326,6 +359,8 @@ func (f *forwarder) callAt(ctx context.Context, addr string, req rpc) ([]byte, e
 	if d, ok := ctx.Deadline(); ok {
 		s.SetDeadline(d)
 	}
+	// A canceled request stops waiting at once.
+	defer context.AfterFunc(ctx, func() { s.SetDeadline(time.Now()) })()
 	body, _ := json.Marshal(req)
 	if err := wire.WriteMsg(s, &wire.Hello{Proto: wire.ProtoCluster, Node: f.c.cfg.NodeID, Versions: []uint8{wire.Version}}); err != nil {
 		return nil, err

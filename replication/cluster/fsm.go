@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,7 +18,7 @@ import (
 
 // CityOrigin is the origin name of ops the city makes itself (portal
 // intake). Its seq is kept by the FSM, so it is gapless across leaders.
-const CityOrigin = "city"
+const CityOrigin = schema.ReservedOrigin
 
 // CitySeries is the receipt series of portal submissions.
 const CitySeries = "CITY"
@@ -52,6 +53,28 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 	out := make([]interface{}, len(logs))
 	start := time.Now()
 	touched := map[string]struct{}{}
+	if err := f.applyChunk(logs, out, touched); err != nil {
+		// A committed entry that cannot be stored leaves this member
+		// behind the log; continuing would diverge silently. Stop loudly.
+		panic(fmt.Sprintf("cluster: fsm cannot store committed entries: %v", err))
+	}
+	if f.notify != nil && len(touched) > 0 {
+		f.notify(touched)
+	}
+	if f.m != nil {
+		f.m.entriesPerApply.Observe(float64(len(logs)))
+		f.m.applyDuration.Observe(time.Since(start).Seconds())
+	}
+	return out
+}
+
+// applyChunk applies entries in one store write (one fsync). If that write
+// is over the store's transaction limit, it applies each half on its own:
+// every write records the index it applied up to, so a crash between them
+// resumes exactly where it stopped. (Entries are capped at the proposer, so
+// a single entry always fits.)
+func (f *fsm) applyChunk(logs []*raft.Log, out []interface{}, touched map[string]struct{}) error {
+	mine := map[string]struct{}{}
 	err := f.st.Write(context.Background(), func(tx *store.Tx) error {
 		applied, err := tx.Applied()
 		if err != nil {
@@ -87,11 +110,11 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 				return err
 			}
 			if w.changed && len(w.ops) > 0 {
-				touched[w.ops[0].Ward] = struct{}{}
+				mine[w.ops[0].Ward] = struct{}{}
 				if t, ok, err := tx.Tracker(id); err != nil {
 					return err
 				} else if ok {
-					touched[t] = struct{}{}
+					mine[t] = struct{}{}
 				}
 			}
 		}
@@ -100,19 +123,20 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 		}
 		return nil
 	})
+	if errors.Is(err, schema.ErrTooLarge) && len(logs) > 1 {
+		h := len(logs) / 2
+		if err := f.applyChunk(logs[:h], out[:h], touched); err != nil {
+			return err
+		}
+		return f.applyChunk(logs[h:], out[h:], touched)
+	}
 	if err != nil {
-		// A committed entry that cannot be stored leaves this member
-		// behind the log; continuing would diverge silently. Stop loudly.
-		panic(fmt.Sprintf("cluster: fsm cannot store committed entries: %v", err))
+		return err
 	}
-	if f.notify != nil && len(touched) > 0 {
-		f.notify(touched)
+	for w := range mine {
+		touched[w] = struct{}{}
 	}
-	if f.m != nil {
-		f.m.entriesPerApply.Observe(float64(len(logs)))
-		f.m.applyDuration.Observe(time.Since(start).Seconds())
-	}
-	return out
+	return nil
 }
 
 // dossierWork collects one dossier's ops within a batch so it is folded
@@ -283,11 +307,22 @@ func (f *fsm) applyOps(tx *store.Tx, dossiers map[string]*dossierWork, index uin
 	}
 	for i := range c.Ops {
 		op := &c.Ops[i]
-		seen, err := tx.HasOp(op.ID)
+		if c.Pusher != nil {
+			if err := op.CheckShape(); err != nil {
+				return refuse(op, "invalid", "%v", err)
+			}
+		}
+		stored, seen, err := tx.Op(op.ID)
 		if err != nil {
 			return Result{}, err
 		}
 		if seen {
+			// Applied at most once. But the same ID with other content is a
+			// forked log (a node restored from an old backup reusing seqs):
+			// never silently drop what it says.
+			if stored.Hash() != op.Hash() {
+				return refuse(op, "fork", "the city holds a different op %s; this node's log has forked (restored from an old backup?)", op.ID)
+			}
 			continue
 		}
 		hw, err := tx.HighWater(op.ID.Origin)
@@ -296,6 +331,15 @@ func (f *fsm) applyOps(tx *store.Tx, dossiers map[string]*dossierWork, index uin
 		}
 		if op.ID.Seq != hw+1 {
 			return refuse(op, "gap", "the city holds %s up to seq %d", op.ID.Origin, hw)
+		}
+		if hw > 0 && c.Pusher != nil {
+			prev, ok, err := tx.Op(schema.OpID{Origin: op.ID.Origin, Seq: hw})
+			if err != nil {
+				return Result{}, err
+			}
+			if ok && prev.Hash() != op.Prev {
+				return refuse(op, "fork", "op %s does not chain to the city's op %s", op.ID, prev.ID)
+			}
 		}
 		w, err := work(tx, dossiers, op.Dossier)
 		if err != nil {

@@ -235,6 +235,11 @@ func (c *Cluster) handlePortal(w http.ResponseWriter, r *http.Request, who schem
 		return err
 	}
 	proc, _ := c.cfg.Catalog.Lookup(in.Procedure)
+	// Bytes bound an op: a form within the character limits can still
+	// encode too large to sync (see schema.Op.CheckShape).
+	if n := len(schema.MarshalBody(schema.CreateBody{Procedure: in.Procedure, Applicant: in.Applicant, Fields: in.Fields})); n > schema.MaxOpBody-1024 {
+		return fmt.Errorf("%w: the dossier encodes to %d bytes, limit %d", schema.ErrTooLarge, n, schema.MaxOpBody-1024)
+	}
 	hlc := c.clock.Now()
 	received := hlc.Time().In(schema.CityZone)
 	cmd := Command{Kind: KindPortal, Portal: &PortalCmd{

@@ -217,7 +217,17 @@ func (c *Client) push(ctx context.Context, conn *transport.Conn) error {
 	if !ok {
 		return fmt.Errorf("push: expected Ack, got %T", msg)
 	}
-	// Start from what the city holds, whatever this node believed.
+	// Start from what the city holds, whatever this node believed. A city
+	// that holds more of this node's ops than the node itself means the
+	// node's log was rolled back (restored from an old backup): pushing on
+	// would fork it. Stop and say so.
+	var last uint64
+	c.cfg.Node.Store().View(func(tx *store.Tx) error { last, _ = tx.LastSeq(); return nil })
+	if ack.Seq > last {
+		c.log.Error("sync: the city holds more of this node's ops than the node; its data dir was rolled back. Pushing is stopped: restore the latest backup, or re-create the node with a new ID",
+			"city_high_water", ack.Seq, "local_last_seq", last)
+		return fmt.Errorf("push: the city holds ops up to seq %d but this node only has %d (rolled-back data dir)", ack.Seq, last)
+	}
 	sent := ack.Seq
 	if err := c.acknowledge(ctx, ack.Seq); err != nil {
 		return err
@@ -333,10 +343,11 @@ func (c *Client) pull(ctx context.Context, conn *transport.Conn) error {
 		}
 		switch m := msg.(type) {
 		case *wire.ChangesPage:
-			n, err := c.cfg.Node.ApplyPulled(ctx, m.Ops, m.Index)
+			n, err := c.applyPage(ctx, m.Ops, since, m.Index)
 			if err != nil {
 				return err
 			}
+			since = max(since, m.Index)
 			c.m.pulled.Add(float64(n))
 			c.m.pullCursor.Set(float64(m.Index))
 			c.mu.Lock()
@@ -348,6 +359,23 @@ func (c *Client) pull(ctx context.Context, conn *transport.Conn) error {
 			return fmt.Errorf("pull: unexpected %T", msg)
 		}
 	}
+}
+
+// applyPage stores a page with its cursor. A page too big for one store
+// transaction is applied in halves; only the last half moves the cursor,
+// so a crash in between re-pulls the page (ops are deduplicated by ID).
+func (c *Client) applyPage(ctx context.Context, ops []schema.Op, cur, index uint64) (int, error) {
+	n, err := c.cfg.Node.ApplyPulled(ctx, ops, index)
+	if errors.Is(err, schema.ErrTooLarge) && len(ops) > 1 {
+		h := len(ops) / 2
+		a, err := c.applyPage(ctx, ops[:h], cur, cur)
+		if err != nil {
+			return a, err
+		}
+		b, err := c.applyPage(ctx, ops[h:], cur, index)
+		return a + b, err
+	}
+	return n, err
 }
 
 // Status reports the link for GET /v1/sync/status.

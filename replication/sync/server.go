@@ -42,9 +42,12 @@ type WardSession struct {
 	Pulling    int       `json:"pulling"`
 }
 
+// Pull pages stay small enough that a ward applies one in one store
+// transaction (its store caps a transaction at ~2.4 MB; each op also
+// rewrites its dossier).
 const (
-	pageOps   = 1000
-	pageBytes = 4 << 20
+	pageOps   = 256
+	pageBytes = 512 << 10
 	maxFrame  = 16 << 20
 )
 
@@ -154,13 +157,34 @@ func (s *Server) push(ctx context.Context, conn *transport.Conn, st io.ReadWrite
 			s.refuse(st, peer, wire.CodeBadFrame, fmt.Sprintf("expected OpBatch, got %T", msg))
 			return
 		}
+		size := 0
+		for i := range b.Ops {
+			size += len(b.Ops[i].Body) + 200
+		}
+		if size > cluster.MaxPushBytes {
+			s.refuse(st, peer, wire.CodeTooLarge, fmt.Sprintf("a pushed batch may hold %d bytes of ops, this one ~%d", cluster.MaxPushBytes, size))
+			return
+		}
 		if err := verifyBatch(b.Ops, peer.Node, key); err != nil {
 			s.refuse(st, peer, wire.CodeFor(err), err.Error())
 			return
 		}
+		// Ops this member already holds are committed: do not send them
+		// through Raft again (a reconnecting ward resends from its cursor).
+		ops, hw := b.Ops, uint64(0)
+		s.c.Store().View(func(tx *store.Tx) error { hw, _ = tx.HighWater(peer.Node); return nil })
+		for len(ops) > 0 && ops[0].ID.Seq <= hw {
+			ops = ops[1:]
+		}
+		if len(ops) == 0 {
+			if wire.WriteMsg(st, &wire.Ack{Seq: hw}) != nil {
+				return
+			}
+			continue
+		}
 		start := time.Now()
 		pctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-		res, err := s.c.Propose(pctx, cluster.Command{Kind: cluster.KindOps, Ops: b.Ops, Pusher: pusher})
+		res, err := s.c.Propose(pctx, cluster.Command{Kind: cluster.KindOps, Ops: ops, Pusher: pusher})
 		cancel()
 		if err != nil {
 			s.refuse(st, peer, wire.CodeUnavailable, err.Error())
@@ -168,8 +192,11 @@ func (s *Server) push(ctx context.Context, conn *transport.Conn, st io.ReadWrite
 		}
 		if res.Code != "" {
 			code := wire.CodeForbidden
-			if res.Code == "gap" || res.Code == "conflict" {
+			switch res.Code {
+			case "gap", "conflict", "fork":
 				code = wire.CodeConflict
+			case "invalid":
+				code = wire.CodeInvalid
 			}
 			s.refuse(st, peer, code, res.Err)
 			return
@@ -228,6 +255,9 @@ func verifyBatch(ops []schema.Op, origin string, key ed25519.PublicKey) error {
 	}
 	for i := range ops {
 		op := &ops[i]
+		if err := op.CheckShape(); err != nil {
+			return err
+		}
 		if op.ID.Origin != origin {
 			return fmt.Errorf("%w: op %s is not %s's; a node pushes only its own ops", schema.ErrForbidden, op.ID, origin)
 		}

@@ -1,0 +1,598 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wardsync/wardsync/replication/faultproxy"
+	"github.com/wardsync/wardsync/schema"
+)
+
+// Chaos tests of the ward ↔ city link: a rough network (loss, reordering,
+// duplicates, a flapping link, the leader killed), and kill -9 of a ward in
+// the middle of a push and in the middle of a pull.
+
+// chaosSeed returns the seed of a chaos test, from WARDSYNC_CHAOS_SEED if
+// set, and logs how to replay it.
+func chaosSeed(t *testing.T) uint64 {
+	t.Helper()
+	seed := rand.Uint64() >> 1 // fits an int64 for the proxies
+	if s := os.Getenv("WARDSYNC_CHAOS_SEED"); s != "" {
+		var err error
+		if seed, err = strconv.ParseUint(s, 10, 63); err != nil {
+			t.Fatalf("WARDSYNC_CHAOS_SEED=%q: %v", s, err)
+		}
+	}
+	t.Logf("seed %d (rerun with WARDSYNC_CHAOS_SEED=%d)", seed, seed)
+	return seed
+}
+
+// syncStatus is a ward's GET /v1/sync/status.
+type syncStatus struct {
+	Enabled     bool   `json:"enabled"`
+	Connected   bool   `json:"connected"`
+	CityMember  string `json:"city_member"`
+	Leader      string `json:"leader"`
+	OutboxDepth uint64 `json:"outbox_depth"`
+	PushAcked   uint64 `json:"push_acked"`
+	LastSeq     uint64 `json:"last_seq"`
+	PullCursor  uint64 `json:"pull_cursor"`
+	LastError   string `json:"last_error"`
+}
+
+func (w *wardNode) status() (syncStatus, error) {
+	code, data, err := w.api.do("GET", "/v1/sync/status", nil)
+	if err != nil || code != 200 {
+		return syncStatus{}, fmt.Errorf("GET /v1/sync/status on %s: HTTP %d %v %s", w.id, code, err, data)
+	}
+	var st syncStatus
+	return st, json.Unmarshal(data, &st)
+}
+
+// cityWard is one ward as the city's GET /v1/wards shows it.
+type cityWard struct {
+	Ward          string            `json:"ward"`
+	Connected     bool              `json:"connected"`
+	HighWater     map[string]uint64 `json:"high_water"`
+	PullCursor    uint64            `json:"pull_cursor"`
+	PartitionHead uint64            `json:"partition_head"`
+}
+
+func (e *cityEnv) cityWards(member string) (map[string]cityWard, error) {
+	p := e.members[member]
+	if p == nil {
+		return nil, fmt.Errorf("no member %s", member)
+	}
+	code, body := e.call(e.admin, "GET", p.url+"/v1/wards", nil)
+	if code != 200 {
+		return nil, fmt.Errorf("GET /v1/wards on %s: HTTP %d %s", member, code, body)
+	}
+	var v struct {
+		Items []cityWard `json:"items"`
+	}
+	if err := json.Unmarshal(body, &v); err != nil {
+		return nil, err
+	}
+	out := map[string]cityWard{}
+	for _, w := range v.Items {
+		out[w.Ward] = w
+	}
+	return out, nil
+}
+
+// fullDossier is a dossier with its history, as GET /v1/dossiers/{id}
+// shows it on a ward and on a city member.
+type fullDossier struct {
+	ID        string            `json:"id"`
+	Ward      string            `json:"ward"`
+	Status    string            `json:"status"`
+	StateHash string            `json:"state_hash"`
+	History   []json.RawMessage `json:"history"`
+}
+
+func (w *wardNode) full(id string) (fullDossier, error) {
+	code, data, err := w.api.do("GET", "/v1/dossiers/"+id, nil)
+	if err != nil || code != 200 {
+		return fullDossier{}, fmt.Errorf("GET %s on ward %s: HTTP %d %v %s", id, w.id, code, err, data)
+	}
+	var d fullDossier
+	return d, json.Unmarshal(data, &d)
+}
+
+func (e *cityEnv) fullAt(member, id string) (fullDossier, error) {
+	code, body := e.call(e.admin, "GET", e.members[member].url+"/v1/dossiers/"+id, nil)
+	if code != 200 {
+		return fullDossier{}, fmt.Errorf("GET %s on %s: HTTP %d %s", id, member, code, body)
+	}
+	var d fullDossier
+	return d, json.Unmarshal(body, &d)
+}
+
+// listAll pages through a listing ({"items":[{"id"...}], "next_cursor"})
+// and returns every ID.
+func listAll(get func(query string) (int, []byte, error), path string) ([]string, error) {
+	var ids []string
+	cursor := ""
+	for {
+		q := path + "?limit=500"
+		if cursor != "" {
+			q += "&cursor=" + url.QueryEscape(cursor)
+		}
+		code, data, err := get(q)
+		if err != nil || code != 200 {
+			return nil, fmt.Errorf("GET %s: HTTP %d %v %.300s", q, code, err, data)
+		}
+		var page struct {
+			Items []struct {
+				ID string `json:"id"`
+			} `json:"items"`
+			Next *string `json:"next_cursor"`
+		}
+		if err := json.Unmarshal(data, &page); err != nil {
+			return nil, err
+		}
+		for _, it := range page.Items {
+			ids = append(ids, it.ID)
+		}
+		if page.Next == nil || *page.Next == "" {
+			return ids, nil
+		}
+		cursor = *page.Next
+	}
+}
+
+// wardIDs lists every dossier a ward node holds.
+func (w *wardNode) wardIDs() ([]string, error) {
+	return listAll(func(q string) (int, []byte, error) { return w.api.do("GET", q, nil) }, "/v1/dossiers")
+}
+
+// cityWardIDs lists every dossier of ward on member.
+func (e *cityEnv) cityWardIDs(member, ward string) ([]string, error) {
+	return listAll(func(q string) (int, []byte, error) {
+		code, body := e.call(e.admin, "GET", e.members[member].url+q, nil)
+		return code, body, nil
+	}, "/v1/wards/"+ward+"/dossiers")
+}
+
+// portalFor submits a portal dossier for ward through member.
+func (e *cityEnv) portalFor(member, ward string, i int) (portalDossier, error) {
+	p := e.members[member]
+	if p == nil {
+		return portalDossier{}, fmt.Errorf("no member %s", member)
+	}
+	body := map[string]any{"procedure": "birth-registration", "ward": ward,
+		"applicant": map[string]string{"name": fmt.Sprintf("Công dân cổng %d", i), "id_number": fmt.Sprintf("%012d", 79_300_000_000+i)}}
+	code, data := e.call(e.portal, "POST", p.url+"/v1/dossiers", body)
+	if code != 201 {
+		return portalDossier{}, fmt.Errorf("portal via %s: HTTP %d %.300s", member, code, data)
+	}
+	var d portalDossier
+	return d, json.Unmarshal(data, &d)
+}
+
+// proxyTo starts a fault proxy in front of a city member's QUIC address; it
+// runs until the test ends.
+func (e *cityEnv) proxyTo(ctx context.Context, member string, seed int64) *faultproxy.Proxy {
+	e.t.Helper()
+	p, err := faultproxy.New("127.0.0.1:0", e.quic[member], seed, nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := p.Run(ctx); err != nil {
+			e.t.Errorf("faultproxy to %s: %v", member, err)
+		}
+	}()
+	e.t.Cleanup(func() { p.Close(); <-done })
+	return p
+}
+
+// createMany makes n dossiers on a ward with workers concurrent clients;
+// each create is one op. extra adds fields to make ops bigger.
+func createMany(w *wardNode, n, workers int, extra map[string]string) ([]string, error) {
+	var (
+		next  atomic.Int64
+		mu    sync.Mutex
+		ids   []string
+		first error
+		wg    sync.WaitGroup
+	)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				body := map[string]any{"procedure": "certified-copy", "fields": extra,
+					"applicant": map[string]string{"name": fmt.Sprintf("Người %d", i), "id_number": fmt.Sprintf("%012d", 79_200_000_000+i)}}
+				code, data, err := w.api.do("POST", "/v1/dossiers", body)
+				mu.Lock()
+				if err != nil || code != 201 {
+					if first == nil {
+						first = fmt.Errorf("create %d on %s: HTTP %d %v %.300s", i, w.id, code, err, data)
+					}
+					mu.Unlock()
+					return
+				}
+				var d syncedDossier
+				json.Unmarshal(data, &d)
+				ids = append(ids, d.ID)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return ids, first
+}
+
+// sameEverywhere checks that every dossier in ids has, on every member,
+// the ward's state hash and history length (no event lost or applied
+// twice). It checks with a few concurrent clients and retries each dossier
+// until deadline (a follower may still be applying).
+func (e *cityEnv) sameEverywhere(w *wardNode, ids []string, members []string, deadline time.Time) error {
+	var (
+		next  atomic.Int64
+		mu    sync.Mutex
+		first error
+		wg    sync.WaitGroup
+	)
+	check := func(id string) error {
+		wd, err := w.full(id)
+		if err != nil {
+			return err
+		}
+		for _, m := range members {
+			for {
+				cd, err := e.fullAt(m, id)
+				if err == nil && cd.StateHash == wd.StateHash && len(cd.History) == len(wd.History) {
+					break
+				}
+				if time.Now().After(deadline) {
+					if err != nil {
+						return fmt.Errorf("dossier %s on %s: %v", id, m, err)
+					}
+					return fmt.Errorf("dossier %s: %s has status %s, hash %s, %d events; ward %s has %s, %s, %d events",
+						id, m, cd.Status, cd.StateHash, len(cd.History), w.id, wd.Status, wd.StateHash, len(wd.History))
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+		return nil
+	}
+	for range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(ids) {
+					return
+				}
+				if err := check(ids[i]); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+					next.Store(int64(len(ids)))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
+// TestSyncRoughNetwork: 3 wards write through their own fault proxies (5 %
+// loss, 5 % reordering, 1 % duplicates, jitter, links flapping every few
+// hundred ms) while the city leader is SIGKILLed and later restarted, and a
+// portal submission is made. Once the network heals, every ward's outbox
+// drains, every dossier has the same state hash and the same number of
+// events on the ward and on all 3 members, and the city's high-water mark
+// of each ward's origin equals the ward's last seq: no op lost, none
+// applied twice.
+func TestSyncRoughNetwork(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	seed := chaosSeed(t)
+	rng := rand.New(rand.NewPCG(seed, 0x726f756768))
+	ids := []string{"c1", "c2", "c3"}
+	e := newCityEnv(t, ids...)
+	boot := e.bootstrapSpec(ids...)
+	for _, id := range ids {
+		e.start(id, "--bootstrap", boot)
+	}
+	e.waitLeader("c1", "")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	all := schema.DefaultWards().All()
+	if len(all) < 3 {
+		t.Fatalf("the default registry has %d wards; the test needs 3", len(all))
+	}
+	faults := faultproxy.Faults{Drop: 0.05, Reorder: 0.05, Duplicate: 0.01, Jitter: 5 * time.Millisecond}
+	type chaosWard struct {
+		*wardNode
+		proxies []*faultproxy.Proxy
+		mu      sync.Mutex
+		created []string
+		writes  int
+	}
+	var wards []*chaosWard
+	var proxies []*faultproxy.Proxy
+	for i := range 3 {
+		w := &chaosWard{wardNode: e.initWard(fmt.Sprintf("r%d", i+1), all[i].Code)}
+		var addrs []string
+		for j := range ids {
+			// Each ward tries a different member first.
+			m := ids[(i+j)%len(ids)]
+			p := e.proxyTo(ctx, m, int64(seed)+int64(i*len(ids)+j)+1)
+			p.Set(faults)
+			w.proxies = append(w.proxies, p)
+			proxies = append(proxies, p)
+			addrs = append(addrs, p.Addr())
+		}
+		e.runWard(w.wardNode, strings.Join(addrs, ","))
+		wards = append(wards, w)
+	}
+	// Every ward has been connected once before the chaos starts, so the
+	// city knows its origin.
+	for _, w := range wards {
+		eventually(t, w.id+" connected", 30*time.Second, func() error {
+			st, err := w.status()
+			if err == nil && !st.Connected {
+				err = fmt.Errorf("%+v", st)
+			}
+			return err
+		})
+	}
+	flapCtx, stopFlap := context.WithCancel(ctx)
+	var flapping sync.WaitGroup
+	for _, p := range proxies {
+		up := time.Duration(300+rng.IntN(200)) * time.Millisecond
+		down := time.Duration(200+rng.IntN(200)) * time.Millisecond
+		flapping.Add(1)
+		go func() { defer flapping.Done(); p.Flap(flapCtx, up, down) }()
+	}
+
+	// The write phase: every ward creates dossiers and moves them through
+	// the workflow on two concurrent clients.
+	const writePhase = 10 * time.Second
+	stopWrites := make(chan struct{})
+	var writers sync.WaitGroup
+	var writeErrs atomic.Int64
+	for wi, w := range wards {
+		for k := range 2 {
+			wrng := rand.New(rand.NewPCG(seed, uint64(wi*10+k)))
+			writers.Add(1)
+			go func() {
+				defer writers.Done()
+				do := func(method, path string, body any, want int) []byte {
+					code, data, err := w.api.do(method, path, body)
+					if err != nil || code != want {
+						if writeErrs.Add(1) <= 5 {
+							t.Errorf("%s %s on %s: HTTP %d %v %s", method, path, w.id, code, err, data)
+						}
+						return nil
+					}
+					return data
+				}
+				for n := 0; ; n++ {
+					select {
+					case <-stopWrites:
+						return
+					default:
+					}
+					data := do("POST", "/v1/dossiers", map[string]any{"procedure": "certified-copy",
+						"applicant": map[string]string{"name": fmt.Sprintf("Người %s-%d-%d", w.id, k, n), "id_number": fmt.Sprintf("%012d", 79_400_000_000+wi*1_000_000+k*100_000+n)}}, 201)
+					if data == nil {
+						return
+					}
+					var d syncedDossier
+					json.Unmarshal(data, &d)
+					path := "/v1/dossiers/" + d.ID + "/transitions"
+					ops := 1
+					steps := [][]string{{"in_review"}, {"approved", "rejected", "supplement_requested"}, {"returned"}}
+					for _, step := range steps[:wrng.IntN(len(steps)+1)] {
+						to := step[wrng.IntN(len(step))]
+						if do("POST", path, map[string]string{"to": to}, 200) == nil {
+							return
+						}
+						ops++
+						if to == "supplement_requested" {
+							break
+						}
+					}
+					w.mu.Lock()
+					w.created = append(w.created, d.ID)
+					w.writes += ops
+					w.mu.Unlock()
+					time.Sleep(time.Duration(wrng.IntN(15)) * time.Millisecond)
+				}
+			}()
+		}
+	}
+
+	// A timeline of each ward's link, for the log.
+	var timeline []string
+	var tlMu sync.Mutex
+	tlDone := make(chan struct{})
+	go func() {
+		defer close(tlDone)
+		t0 := time.Now()
+		for {
+			select {
+			case <-stopWrites:
+				return
+			case <-time.After(time.Second):
+			}
+			line := fmt.Sprintf("%4.1fs", time.Since(t0).Seconds())
+			for _, w := range wards {
+				st, _ := w.status()
+				line += fmt.Sprintf(" | %s@%s %d/%d", w.id, st.CityMember, st.PushAcked, st.LastSeq)
+			}
+			tlMu.Lock()
+			timeline = append(timeline, line)
+			tlMu.Unlock()
+		}
+	}()
+
+	// Meanwhile: kill the leader once, submit at the portal while it is
+	// down, and bring it back.
+	start := time.Now()
+	time.Sleep(3 * time.Second)
+	leader := e.waitLeader("c1", "")
+	links := func(when string) {
+		var parts []string
+		for _, w := range wards {
+			st, err := w.status()
+			if err != nil {
+				t.Fatal(err)
+			}
+			parts = append(parts, fmt.Sprintf("%s connected=%v member=%q acked=%d/%d err=%q", w.id, st.Connected, st.CityMember, st.PushAcked, st.LastSeq, st.LastError))
+		}
+		t.Logf("links %s: %s", when, strings.Join(parts, "; "))
+	}
+	links("before the kill")
+	e.members[leader].kill9()
+	killedAt := time.Since(start)
+	var alive []string
+	for _, id := range ids {
+		if id != leader {
+			alive = append(alive, id)
+		}
+	}
+	newLeader := e.waitLeader(alive[0], leader)
+	t.Logf("killed leader %s at %v; new leader %s at %v", leader, killedAt.Round(time.Millisecond), newLeader, time.Since(start).Round(time.Millisecond))
+	portalWard := wards[1]
+	var portal portalDossier
+	eventually(t, "portal submission while the old leader is down", 30*time.Second, func() error {
+		var err error
+		portal, err = e.portalFor(alive[1], portalWard.ward, 1)
+		return err
+	})
+	t.Logf("portal dossier %s for %s submitted through %s at %v", portal.ID, portalWard.id, alive[1], time.Since(start).Round(time.Millisecond))
+	time.Sleep(time.Until(start.Add(6 * time.Second)))
+	e.start(leader, "--bootstrap", boot)
+	t.Logf("restarted %s at %v", leader, time.Since(start).Round(time.Millisecond))
+	time.Sleep(time.Until(start.Add(writePhase)))
+	close(stopWrites)
+	writers.Wait()
+	<-tlDone
+	links("at the end of the write phase")
+	t.Logf("pushes acked/written during the write phase:\n%s", strings.Join(timeline, "\n"))
+	if writeErrs.Load() > 0 {
+		t.Fatalf("%d ward writes failed (the ward must work whatever the link does)", writeErrs.Load())
+	}
+
+	// The network heals.
+	stopFlap()
+	flapping.Wait()
+	var stats faultproxy.Stats
+	for _, p := range proxies {
+		s := p.Stats()
+		for _, d := range []*faultproxy.DirStats{&stats.ToUpstream, &stats.ToClient} {
+			src := s.ToUpstream
+			if d == &stats.ToClient {
+				src = s.ToClient
+			}
+			d.Received += src.Received
+			d.Dropped += src.Dropped
+			d.CutDropped += src.CutDropped
+			d.Duplicated += src.Duplicated
+			d.Reordered += src.Reordered
+		}
+		p.Set(faultproxy.Faults{})
+	}
+	healed := time.Now()
+	t.Logf("faults while writing: to city %+v; to wards %+v", stats.ToUpstream, stats.ToClient)
+	if stats.ToUpstream.Dropped == 0 || stats.ToUpstream.CutDropped == 0 || stats.ToClient.Reordered == 0 {
+		t.Fatalf("the proxies injected no faults: %+v", stats)
+	}
+
+	// Every ward drains its outbox, and the city holds exactly its ops.
+	for _, w := range wards {
+		var st syncStatus
+		eventually(t, w.id+" outbox drained", 45*time.Second, func() error {
+			var err error
+			st, err = w.status()
+			if err == nil && (st.OutboxDepth != 0 || st.PushAcked != st.LastSeq) {
+				err = fmt.Errorf("%+v", st)
+			}
+			return err
+		})
+		w.mu.Lock()
+		t.Logf("ward %s (%s): %d dossiers, %d ops written, last_seq %d, drained %v after the network healed",
+			w.id, w.ward, len(w.created), w.writes, st.LastSeq, time.Since(healed).Round(time.Millisecond))
+		if st.LastSeq != uint64(w.writes) {
+			t.Errorf("ward %s: last_seq %d, but %d ops were written", w.id, st.LastSeq, w.writes)
+		}
+		w.mu.Unlock()
+		for _, m := range ids {
+			eventually(t, "high-water of "+w.id+" on "+m, 30*time.Second, func() error {
+				views, err := e.cityWards(m)
+				if err != nil {
+					return err
+				}
+				if hw := views[w.ward].HighWater[w.id]; hw != st.LastSeq {
+					return fmt.Errorf("city high-water %d, ward last_seq %d", hw, st.LastSeq)
+				}
+				return nil
+			})
+		}
+	}
+	// The portal submission made during the chaos reached its ward.
+	eventually(t, "portal dossier on "+portalWard.id, 30*time.Second, func() error {
+		_, err := portalWard.full(portal.ID)
+		return err
+	})
+	// Every dossier, every replica: same state, same number of events.
+	deadline := time.Now().Add(30 * time.Second)
+	for _, w := range wards {
+		w.mu.Lock()
+		created := append([]string(nil), w.created...)
+		w.mu.Unlock()
+		if w == portalWard {
+			created = append(created, portal.ID)
+		}
+		if err := e.sameEverywhere(w.wardNode, created, ids, deadline); err != nil {
+			t.Fatal(err)
+		}
+		// And the city holds no dossier of the ward that the ward lacks.
+		for _, m := range ids {
+			cityIDs, err := e.cityWardIDs(m, w.ward)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(cityIDs) != len(created) {
+				t.Fatalf("%s holds %d dossiers of ward %s; the ward made %d", m, len(cityIDs), w.ward, len(created))
+			}
+		}
+	}
+	t.Logf("converged %v after the network healed", time.Since(healed).Round(time.Millisecond))
+	if os.Getenv("WARDSYNC_CHAOS_DEBUG") != "" {
+		for _, w := range wards {
+			t.Logf("ward %s stderr:\n%s", w.id, w.proc.stderr.String())
+		}
+		for _, id := range ids {
+			t.Logf("member %s stderr:\n%s", id, e.members[id].stderr.String())
+		}
+	}
+}
