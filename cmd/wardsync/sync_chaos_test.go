@@ -596,3 +596,318 @@ func TestSyncRoughNetwork(t *testing.T) {
 		}
 	}
 }
+
+// setCut cuts (or restores) every proxy's link.
+func setCut(ps []*faultproxy.Proxy, down bool) {
+	for _, p := range ps {
+		p.Cut(down)
+	}
+}
+
+// proxiesFor puts one fault proxy (no faults) in front of every member and
+// returns them with the --city list that goes through them.
+func (e *cityEnv) proxiesFor(ctx context.Context, members []string, seed int64) ([]*faultproxy.Proxy, string) {
+	var ps []*faultproxy.Proxy
+	var addrs []string
+	for i, m := range members {
+		p := e.proxyTo(ctx, m, seed+int64(i))
+		ps = append(ps, p)
+		addrs = append(addrs, p.Addr())
+	}
+	return ps, strings.Join(addrs, ",")
+}
+
+// sample picks up to n of ids, spread over the whole list.
+func sample(ids []string, n int) []string {
+	if len(ids) <= n {
+		return ids
+	}
+	out := make([]string, 0, n)
+	for i := range n {
+		out = append(out, ids[i*len(ids)/n])
+	}
+	return append(out, ids[len(ids)-1])
+}
+
+// TestSyncResumesAfterKill9MidPush: a ward piles up ~20,000 ops offline,
+// the link comes up, and the ward is SIGKILLed while its outbox is being
+// pushed (some batches acknowledged, others not). After a restart it
+// resumes from its durable push cursor; the city ends up with exactly the
+// ward's ops and the same dossiers.
+func TestSyncResumesAfterKill9MidPush(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	seed := chaosSeed(t)
+	ids := []string{"c1", "c2", "c3"}
+	e := newCityEnv(t, ids...)
+	boot := e.bootstrapSpec(ids...)
+	for _, id := range ids {
+		e.start(id, "--bootstrap", boot)
+	}
+	e.waitLeader("c1", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ps, city := e.proxiesFor(ctx, ids, int64(seed))
+	w := e.initWard("k1", testWard(t))
+	setCut(ps, true) // offline
+	e.runWard(w, city)
+
+	var created []string
+	var kill syncStatus
+	for round, n := 1, 20_000; ; round, n = round+1, n*2 {
+		start := time.Now()
+		more, err := createMany(w, n, 16, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		created = append(created, more...)
+		st, err := w.status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("round %d: %d ops made offline in %v; outbox_depth %d, push_acked %d, last_seq %d",
+			round, n, time.Since(start).Round(time.Millisecond), st.OutboxDepth, st.PushAcked, st.LastSeq)
+		if st.Connected || st.OutboxDepth < uint64(n) {
+			t.Fatalf("offline status: %+v", st)
+		}
+		// The link comes up; kill the ward as soon as a first batch is
+		// acknowledged.
+		setCut(ps, false)
+		up := time.Now()
+		for {
+			if st, err = w.status(); err != nil {
+				t.Fatal(err)
+			}
+			if st.PushAcked > kill.PushAcked || st.OutboxDepth == 0 || time.Since(up) > 60*time.Second {
+				break
+			}
+		}
+		w.proc.kill9()
+		t.Logf("round %d: SIGKILL %v after the link came up, at push_acked %d of last_seq %d (outbox_depth %d)",
+			round, time.Since(up).Round(time.Millisecond), st.PushAcked, st.LastSeq, st.OutboxDepth)
+		setCut(ps, true)
+		e.runWard(w, city)
+		if st.OutboxDepth > 0 && st.PushAcked > kill.PushAcked {
+			kill = st
+			break
+		}
+		if round == 3 {
+			t.Fatalf("the push was never caught mid-way: %+v", st)
+		}
+		kill = st
+		t.Logf("round %d: the push finished before the kill; again with twice the ops", round)
+	}
+	if kill.PushAcked >= kill.LastSeq {
+		t.Fatalf("the kill did not land mid-push: %+v", kill)
+	}
+	// What the restarted ward holds durably: its cursor, somewhere in the
+	// middle of its log.
+	after, err := w.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("after the restart (link still down): push_acked %d, last_seq %d, outbox_depth %d", after.PushAcked, after.LastSeq, after.OutboxDepth)
+	if after.LastSeq != kill.LastSeq || after.PushAcked < kill.PushAcked {
+		t.Fatalf("the restarted ward's cursors went back: at the kill %+v, after the restart %+v", kill, after)
+	}
+	if after.PushAcked >= after.LastSeq {
+		t.Logf("note: the last batches were acknowledged between the status read and the SIGKILL")
+	}
+	// The link comes up again: the ward resumes and drains.
+	setCut(ps, false)
+	resumed := time.Now()
+	eventually(t, "outbox drained after the restart", 45*time.Second, func() error {
+		st, err := w.status()
+		if err == nil && (st.OutboxDepth != 0 || st.PushAcked != st.LastSeq || !st.Connected) {
+			err = fmt.Errorf("%+v", st)
+		}
+		return err
+	})
+	t.Logf("drained %v after the link came back", time.Since(resumed).Round(time.Millisecond))
+	for _, m := range ids {
+		eventually(t, "high-water on "+m, 30*time.Second, func() error {
+			views, err := e.cityWards(m)
+			if err != nil {
+				return err
+			}
+			if hw := views[w.ward].HighWater[w.id]; hw != kill.LastSeq {
+				return fmt.Errorf("city high-water %d, ward last_seq %d", hw, kill.LastSeq)
+			}
+			return nil
+		})
+	}
+	if uint64(len(created)) != kill.LastSeq {
+		t.Fatalf("%d creates acknowledged, but last_seq is %d", len(created), kill.LastSeq)
+	}
+	cityIDs, err := e.cityWardIDs("c2", w.ward)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cityIDs) != len(created) {
+		t.Fatalf("the city holds %d dossiers of the ward; the ward made %d", len(cityIDs), len(created))
+	}
+	if err := e.sameEverywhere(w, sample(created, 100), ids, time.Now().Add(30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSyncResumesAfterKill9MidPull: the city holds a large partition for a
+// ward (a first node's ops and portal submissions); a fresh node of the same
+// ward starts pulling it and is SIGKILLed part-way. After a restart it
+// resumes from its durable pull cursor and ends up with every dossier of
+// its ward, in the same state as the city.
+func TestSyncResumesAfterKill9MidPull(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	seed := chaosSeed(t)
+	ids := []string{"c1", "c2", "c3"}
+	e := newCityEnv(t, ids...)
+	boot := e.bootstrapSpec(ids...)
+	for _, id := range ids {
+		e.start(id, "--bootstrap", boot)
+	}
+	e.waitLeader("c1", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ward := testWard(t)
+
+	// The partition: a first node of the ward makes dossiers online (its
+	// ops reach the city in many small batches) while the portal takes
+	// submissions for the same ward.
+	first := e.initWard("p1", ward)
+	e.runWard(first, e.cityQUIC(ids...))
+	const (
+		wardDossiers   = 12_000
+		portalDossiers = 400
+	)
+	var portalErr error
+	var portalWG sync.WaitGroup
+	var portalMu sync.Mutex
+	var next atomic.Int64
+	start := time.Now()
+	for k := range 4 {
+		portalWG.Add(1)
+		go func() {
+			defer portalWG.Done()
+			for {
+				i := int(next.Add(1))
+				if i > portalDossiers {
+					return
+				}
+				var err error
+				for try := 0; try < 50; try++ {
+					if _, err = e.portalFor(ids[(i+k)%len(ids)], ward, i); err == nil {
+						break
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+				if err != nil {
+					portalMu.Lock()
+					portalErr = err
+					portalMu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	if _, err := createMany(first, wardDossiers, 16, nil); err != nil {
+		t.Fatal(err)
+	}
+	portalWG.Wait()
+	if portalErr != nil {
+		t.Fatal(portalErr)
+	}
+	var st syncStatus
+	eventually(t, "first node's outbox drained", 60*time.Second, func() error {
+		var err error
+		st, err = first.status()
+		if err == nil && st.OutboxDepth != 0 {
+			err = fmt.Errorf("%+v", st)
+		}
+		return err
+	})
+	first.proc.stop()
+	var head uint64
+	eventually(t, "partition head", 30*time.Second, func() error {
+		views, err := e.cityWards("c1")
+		if err != nil {
+			return err
+		}
+		v := views[ward]
+		if v.HighWater[first.id] != st.LastSeq {
+			return fmt.Errorf("high-water %d of %d", v.HighWater[first.id], st.LastSeq)
+		}
+		head = v.PartitionHead
+		return nil
+	})
+	cityIDs, err := e.cityWardIDs("c1", ward)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("partition of %s: %d dossiers (%d ops from %s, %d portal), head at commit %d, built in %v",
+		ward, len(cityIDs), st.LastSeq, first.id, portalDossiers, head, time.Since(start).Round(time.Millisecond))
+	if len(cityIDs) != wardDossiers+portalDossiers {
+		t.Fatalf("the city lists %d dossiers of %s, want %d", len(cityIDs), ward, wardDossiers+portalDossiers)
+	}
+
+	// A fresh node of the same ward pulls it all, and is killed part-way.
+	ps, city := e.proxiesFor(ctx, ids, int64(seed))
+	fresh := e.initWard("p2", ward)
+	e.runWard(fresh, city)
+	up := time.Now()
+	for {
+		if st, err = fresh.status(); err != nil {
+			t.Fatal(err)
+		}
+		if st.PullCursor > 0 || time.Since(up) > 60*time.Second {
+			break
+		}
+	}
+	fresh.proc.kill9()
+	t.Logf("SIGKILL %v after start, at pull_cursor %d of head %d", time.Since(up).Round(time.Millisecond), st.PullCursor, head)
+	if st.PullCursor == 0 || st.PullCursor >= head {
+		t.Fatalf("the kill did not land mid-pull: pull_cursor %d, head %d", st.PullCursor, head)
+	}
+	// Restarted with the link down: it starts from its durable cursor.
+	setCut(ps, true)
+	e.runWard(fresh, city)
+	after, err := fresh.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := fresh.wardIDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("after the restart (link down): pull_cursor %d, %d of %d dossiers held", after.PullCursor, len(held), len(cityIDs))
+	if after.PullCursor < st.PullCursor || after.PullCursor == 0 {
+		t.Fatalf("the durable pull cursor is %d; the node had reported %d before the kill", after.PullCursor, st.PullCursor)
+	}
+	if after.PullCursor >= head || len(held) >= len(cityIDs) {
+		t.Logf("note: the rest of the partition was stored between the status read and the SIGKILL")
+	}
+	setCut(ps, false)
+	resumed := time.Now()
+	eventually(t, "fresh node caught up", 45*time.Second, func() error {
+		st, err := fresh.status()
+		if err == nil && st.PullCursor < head {
+			err = fmt.Errorf("%+v, head %d", st, head)
+		}
+		return err
+	})
+	if held, err = fresh.wardIDs(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("caught up %v after the link came back; %d dossiers held", time.Since(resumed).Round(time.Millisecond), len(held))
+	if len(held) != len(cityIDs) {
+		t.Fatalf("the fresh node holds %d dossiers; the city %d", len(held), len(cityIDs))
+	}
+	if err := e.sameEverywhere(fresh, sample(cityIDs, 100), []string{"c1"}, time.Now().Add(30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := fresh.status(); st.LastSeq != 0 || st.OutboxDepth != 0 {
+		t.Fatalf("the fresh node made ops of its own while pulling: %+v", st)
+	}
+}

@@ -207,6 +207,9 @@ func (c *Cluster) transferLocal(id string) error {
 	if id == "" {
 		return c.raft.LeadershipTransfer().Error()
 	}
+	if id == c.cfg.NodeID {
+		return nil // already the leader: nothing to move
+	}
 	cf := c.raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
 		return err
