@@ -246,37 +246,11 @@ func joinThrough(ctx context.Context, log *slog.Logger, base string, cert tls.Ce
 	}
 }
 
-// cityHTTPClient presents our certificate and trusts only the city CA. The
-// server is identified by its certificate's wardsync identity (role city),
-// not by host name, as everywhere in wardsync.
+// cityHTTPClient presents our certificate and trusts only city members
+// certified by the city CA.
 func cityHTTPClient(cert tls.Certificate, pool *x509.CertPool) *http.Client {
-	return &http.Client{Timeout: 90 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
-		Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13,
-		InsecureSkipVerify: true, // replaced by the check below
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if len(raw) == 0 {
-				return errors.New("server sent no certificate")
-			}
-			leaf, err := x509.ParseCertificate(raw[0])
-			if err != nil {
-				return err
-			}
-			inter := x509.NewCertPool()
-			for _, r := range raw[1:] {
-				if c, err := x509.ParseCertificate(r); err == nil {
-					inter.AddCert(c)
-				}
-			}
-			if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
-				return fmt.Errorf("server certificate is not from the city CA: %w", err)
-			}
-			p, err := transport.PeerOf(leaf)
-			if err != nil || p.Role != schema.PeerCity {
-				return fmt.Errorf("server is not a city member (%v)", err)
-			}
-			return nil
-		},
-	}}}
+	return &http.Client{Timeout: 90 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: transport.ClientTLS(cert, pool, schema.PeerCity)}}
 }
 
 func cityCall(c *cli.Context, method, path string, body any) error {

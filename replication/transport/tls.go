@@ -175,3 +175,39 @@ var errNotConfirmed = errors.New("server did not confirm the handshake")
 
 // now is the time certificates are checked against (Config.Now).
 func (e *Endpoint) now() time.Time { return e.cfg.Now() }
+
+// ClientTLS is a TLS client configuration for talking to wardsync nodes
+// over TCP (the city's HTTPS API): it presents cert, and accepts a server
+// only if its certificate chains to the city CA and names one of the
+// wanted roles. Servers are identified by their wardsync identity, not by
+// host name, as on QUIC.
+func ClientTLS(cert tls.Certificate, ca *x509.CertPool, want ...schema.PeerRole) *tls.Config {
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS13,
+		// Host-name verification is replaced by the chain and identity
+		// check below.
+		InsecureSkipVerify: true,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			certs := make([]*x509.Certificate, 0, len(raw))
+			for _, r := range raw {
+				c, err := x509.ParseCertificate(r)
+				if err != nil {
+					return err
+				}
+				certs = append(certs, c)
+			}
+			if err := verifyChain(certs, ca, time.Now(), x509.ExtKeyUsageServerAuth); err != nil {
+				return fmt.Errorf("server certificate is not from the city CA: %w", err)
+			}
+			p, err := PeerOf(certs[0])
+			if err != nil {
+				return err
+			}
+			if len(want) > 0 && !roleAllowed(p.Role, want) {
+				return fmt.Errorf("%w: server is %s, want one of %v", schema.ErrUnauthorized, p, want)
+			}
+			return nil
+		},
+	}
+}
