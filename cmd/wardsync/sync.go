@@ -37,7 +37,11 @@ func startSync(c *cli.Context, n *node.Node, log *slog.Logger, city string) (fun
 			addrs = append(addrs, a)
 		}
 	}
-	ep, err := transport.New(transport.Config{Addr: c.String("quic"), Cert: cert, CA: pool, Logger: log})
+	// A short idle timeout with frequent keep-alives: when the member this
+	// ward talks to dies, the link is declared dead in seconds and the ward
+	// moves to another member (QUIC's default would wait 30 s).
+	ep, err := transport.New(transport.Config{Addr: c.String("quic"), Cert: cert, CA: pool, Logger: log,
+		IdleTimeout: 8 * time.Second, KeepAlivePeriod: 2 * time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("--quic %s: %w", c.String("quic"), err)
 	}

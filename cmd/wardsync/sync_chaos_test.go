@@ -118,10 +118,15 @@ func (e *cityEnv) fullAt(member, id string) (fullDossier, error) {
 	return d, json.Unmarshal(body, &d)
 }
 
-// listAll pages through a listing ({"items":[{"id"...}], "next_cursor"})
-// and returns every ID.
-func listAll(get func(query string) (int, []byte, error), path string) ([]string, error) {
-	var ids []string
+// listedDossier is one item of a dossier listing.
+type listedDossier struct {
+	ID     string `json:"id"`
+	Origin string `json:"origin"`
+}
+
+// listItems pages through a listing ({"items": [...], "next_cursor"}).
+func listItems(get func(query string) (int, []byte, error), path string) ([]listedDossier, error) {
+	var items []listedDossier
 	cursor := ""
 	for {
 		q := path + "?limit=500"
@@ -133,22 +138,43 @@ func listAll(get func(query string) (int, []byte, error), path string) ([]string
 			return nil, fmt.Errorf("GET %s: HTTP %d %v %.300s", q, code, err, data)
 		}
 		var page struct {
-			Items []struct {
-				ID string `json:"id"`
-			} `json:"items"`
-			Next *string `json:"next_cursor"`
+			Items []listedDossier `json:"items"`
+			Next  *string         `json:"next_cursor"`
 		}
 		if err := json.Unmarshal(data, &page); err != nil {
 			return nil, err
 		}
-		for _, it := range page.Items {
-			ids = append(ids, it.ID)
-		}
+		items = append(items, page.Items...)
 		if page.Next == nil || *page.Next == "" {
-			return ids, nil
+			return items, nil
 		}
 		cursor = *page.Next
 	}
+}
+
+// listAll returns the IDs of a listing.
+func listAll(get func(query string) (int, []byte, error), path string) ([]string, error) {
+	items, err := listItems(get, path)
+	ids := make([]string, 0, len(items))
+	for _, it := range items {
+		ids = append(ids, it.ID)
+	}
+	return ids, err
+}
+
+// describeListing counts a listing's items by origin, and its repeats.
+func describeListing(items []listedDossier) string {
+	origins := map[string]int{}
+	seen := map[string]bool{}
+	repeats := 0
+	for _, it := range items {
+		origins[it.Origin]++
+		if seen[it.ID] {
+			repeats++
+		}
+		seen[it.ID] = true
+	}
+	return fmt.Sprintf("%d items, %d distinct, by origin %v", len(items), len(items)-repeats, origins)
 }
 
 // wardIDs lists every dossier a ward node holds.
@@ -243,8 +269,8 @@ func createMany(w *wardNode, n, workers int, extra map[string]string) ([]string,
 // sameEverywhere checks that every dossier in ids has, on every member,
 // the ward's state hash and history length (no event lost or applied
 // twice). It checks with a few concurrent clients and retries each dossier
-// until deadline (a follower may still be applying).
-func (e *cityEnv) sameEverywhere(w *wardNode, ids []string, members []string, deadline time.Time) error {
+// for up to patience (a follower may still be applying).
+func (e *cityEnv) sameEverywhere(w *wardNode, ids []string, members []string, patience time.Duration) error {
 	var (
 		next  atomic.Int64
 		mu    sync.Mutex
@@ -252,6 +278,7 @@ func (e *cityEnv) sameEverywhere(w *wardNode, ids []string, members []string, de
 		wg    sync.WaitGroup
 	)
 	check := func(id string) error {
+		deadline := time.Now().Add(patience)
 		wd, err := w.full(id)
 		if err != nil {
 			return err
@@ -330,7 +357,6 @@ func TestSyncRoughNetwork(t *testing.T) {
 	faults := faultproxy.Faults{Drop: 0.05, Reorder: 0.05, Duplicate: 0.01, Jitter: 5 * time.Millisecond}
 	type chaosWard struct {
 		*wardNode
-		proxies []*faultproxy.Proxy
 		mu      sync.Mutex
 		created []string
 		writes  int
@@ -345,13 +371,13 @@ func TestSyncRoughNetwork(t *testing.T) {
 			m := ids[(i+j)%len(ids)]
 			p := e.proxyTo(ctx, m, int64(seed)+int64(i*len(ids)+j)+1)
 			p.Set(faults)
-			w.proxies = append(w.proxies, p)
 			proxies = append(proxies, p)
 			addrs = append(addrs, p.Addr())
 		}
 		e.runWard(w.wardNode, strings.Join(addrs, ","))
 		wards = append(wards, w)
 	}
+	e.logsOnFailure(wards[0].wardNode, wards[1].wardNode, wards[2].wardNode)
 	// Every ward has been connected once before the chaos starts, so the
 	// city knows its origin.
 	for _, w := range wards {
@@ -424,7 +450,7 @@ func TestSyncRoughNetwork(t *testing.T) {
 					w.created = append(w.created, d.ID)
 					w.writes += ops
 					w.mu.Unlock()
-					time.Sleep(time.Duration(wrng.IntN(15)) * time.Millisecond)
+					time.Sleep(time.Duration(5+wrng.IntN(25)) * time.Millisecond)
 				}
 			}()
 		}
@@ -483,9 +509,13 @@ func TestSyncRoughNetwork(t *testing.T) {
 	t.Logf("killed leader %s at %v; new leader %s at %v", leader, killedAt.Round(time.Millisecond), newLeader, time.Since(start).Round(time.Millisecond))
 	portalWard := wards[1]
 	var portal portalDossier
+	portalFailures := 0 // a failed attempt might still have been committed
 	eventually(t, "portal submission while the old leader is down", 30*time.Second, func() error {
 		var err error
-		portal, err = e.portalFor(alive[1], portalWard.ward, 1)
+		if portal, err = e.portalFor(alive[1], portalWard.ward, 1); err != nil {
+			portalFailures++
+			t.Logf("portal attempt failed: %v", err)
+		}
 		return err
 	})
 	t.Logf("portal dossier %s for %s submitted through %s at %v", portal.ID, portalWard.id, alive[1], time.Since(start).Round(time.Millisecond))
@@ -506,19 +536,18 @@ func TestSyncRoughNetwork(t *testing.T) {
 	stopFlap()
 	flapping.Wait()
 	var stats faultproxy.Stats
+	add := func(sum *faultproxy.DirStats, d faultproxy.DirStats) {
+		sum.Received += d.Received
+		sum.Forwarded += d.Forwarded
+		sum.Dropped += d.Dropped
+		sum.CutDropped += d.CutDropped
+		sum.Duplicated += d.Duplicated
+		sum.Reordered += d.Reordered
+	}
 	for _, p := range proxies {
 		s := p.Stats()
-		for _, d := range []*faultproxy.DirStats{&stats.ToUpstream, &stats.ToClient} {
-			src := s.ToUpstream
-			if d == &stats.ToClient {
-				src = s.ToClient
-			}
-			d.Received += src.Received
-			d.Dropped += src.Dropped
-			d.CutDropped += src.CutDropped
-			d.Duplicated += src.Duplicated
-			d.Reordered += src.Reordered
-		}
+		add(&stats.ToUpstream, s.ToUpstream)
+		add(&stats.ToClient, s.ToClient)
 		p.Set(faultproxy.Faults{})
 	}
 	healed := time.Now()
@@ -564,7 +593,6 @@ func TestSyncRoughNetwork(t *testing.T) {
 		return err
 	})
 	// Every dossier, every replica: same state, same number of events.
-	deadline := time.Now().Add(30 * time.Second)
 	for _, w := range wards {
 		w.mu.Lock()
 		created := append([]string(nil), w.created...)
@@ -572,7 +600,7 @@ func TestSyncRoughNetwork(t *testing.T) {
 		if w == portalWard {
 			created = append(created, portal.ID)
 		}
-		if err := e.sameEverywhere(w.wardNode, created, ids, deadline); err != nil {
+		if err := e.sameEverywhere(w.wardNode, created, ids, 30*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		// And the city holds no dossier of the ward that the ward lacks.
@@ -582,19 +610,11 @@ func TestSyncRoughNetwork(t *testing.T) {
 				t.Fatal(err)
 			}
 			if len(cityIDs) != len(created) {
-				t.Fatalf("%s holds %d dossiers of ward %s; the ward made %d", m, len(cityIDs), w.ward, len(created))
+				t.Fatalf("%s holds %d dossiers of ward %s; the ward made %d (and %d portal attempts failed)", m, len(cityIDs), w.ward, len(created), portalFailures)
 			}
 		}
 	}
 	t.Logf("converged %v after the network healed", time.Since(healed).Round(time.Millisecond))
-	if os.Getenv("WARDSYNC_CHAOS_DEBUG") != "" {
-		for _, w := range wards {
-			t.Logf("ward %s stderr:\n%s", w.id, w.proc.stderr.String())
-		}
-		for _, id := range ids {
-			t.Logf("member %s stderr:\n%s", id, e.members[id].stderr.String())
-		}
-	}
 }
 
 // setCut cuts (or restores) every proxy's link.
@@ -629,9 +649,9 @@ func sample(ids []string, n int) []string {
 	return append(out, ids[len(ids)-1])
 }
 
-// TestSyncResumesAfterKill9MidPush: a ward piles up ~20,000 ops offline,
-// the link comes up, and the ward is SIGKILLed while its outbox is being
-// pushed (some batches acknowledged, others not). After a restart it
+// TestSyncResumesAfterKill9MidPush: a ward piles up 10,000 ops (~20 MB)
+// offline, the link comes up, and the ward is SIGKILLed while its outbox is
+// being pushed (some batches acknowledged, others not). After a restart it
 // resumes from its durable push cursor; the city ends up with exactly the
 // ward's ops and the same dossiers.
 func TestSyncResumesAfterKill9MidPush(t *testing.T) {
@@ -652,12 +672,20 @@ func TestSyncResumesAfterKill9MidPush(t *testing.T) {
 	w := e.initWard("k1", testWard(t))
 	setCut(ps, true) // offline
 	e.runWard(w, city)
+	e.logsOnFailure(w)
 
+	// Fewer but bigger ops than 20,000 bare creates (cheaper to make on a
+	// busy machine): ~2 KB of form fields each, so the outbox is ~20 MB and
+	// goes up in a few dozen batches.
+	form := map[string]string{}
+	for _, k := range []string{"ghi_chu", "dia_chi_cu", "giay_to_kem_theo"} {
+		form[k] = strings.Repeat("giấy tờ kèm theo bản sao ", 28)
+	}
 	var created []string
 	var kill syncStatus
-	for round, n := 1, 20_000; ; round, n = round+1, n*2 {
+	for round, n := 1, 10_000; ; round, n = round+1, n*2 {
 		start := time.Now()
-		more, err := createMany(w, n, 16, nil)
+		more, err := createMany(w, n, 16, form)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -679,8 +707,11 @@ func TestSyncResumesAfterKill9MidPush(t *testing.T) {
 			if st, err = w.status(); err != nil {
 				t.Fatal(err)
 			}
-			if st.PushAcked > kill.PushAcked || st.OutboxDepth == 0 || time.Since(up) > 60*time.Second {
+			if st.PushAcked > kill.PushAcked || st.OutboxDepth == 0 {
 				break
+			}
+			if time.Since(up) > 60*time.Second {
+				t.Fatalf("nothing pushed within 60s of the link coming up: %+v", st)
 			}
 		}
 		w.proc.kill9()
@@ -747,7 +778,7 @@ func TestSyncResumesAfterKill9MidPush(t *testing.T) {
 	if len(cityIDs) != len(created) {
 		t.Fatalf("the city holds %d dossiers of the ward; the ward made %d", len(cityIDs), len(created))
 	}
-	if err := e.sameEverywhere(w, sample(created, 100), ids, time.Now().Add(30*time.Second)); err != nil {
+	if err := e.sameEverywhere(w, sample(created, 100), ids, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -779,13 +810,16 @@ func TestSyncResumesAfterKill9MidPull(t *testing.T) {
 	first := e.initWard("p1", ward)
 	e.runWard(first, e.cityQUIC(ids...))
 	const (
-		wardDossiers   = 12_000
-		portalDossiers = 400
+		wardDossiers   = 5_000
+		portalDossiers = 200
 	)
-	var portalErr error
-	var portalWG sync.WaitGroup
-	var portalMu sync.Mutex
-	var next atomic.Int64
+	var (
+		portalErr    error
+		portalFailed []string // attempts that failed and were retried
+		portalWG     sync.WaitGroup
+		portalMu     sync.Mutex
+		next         atomic.Int64
+	)
 	start := time.Now()
 	for k := range 4 {
 		portalWG.Add(1)
@@ -801,6 +835,9 @@ func TestSyncResumesAfterKill9MidPull(t *testing.T) {
 					if _, err = e.portalFor(ids[(i+k)%len(ids)], ward, i); err == nil {
 						break
 					}
+					portalMu.Lock()
+					portalFailed = append(portalFailed, err.Error())
+					portalMu.Unlock()
 					time.Sleep(100 * time.Millisecond)
 				}
 				if err != nil {
@@ -848,21 +885,35 @@ func TestSyncResumesAfterKill9MidPull(t *testing.T) {
 	}
 	t.Logf("partition of %s: %d dossiers (%d ops from %s, %d portal), head at commit %d, built in %v",
 		ward, len(cityIDs), st.LastSeq, first.id, portalDossiers, head, time.Since(start).Round(time.Millisecond))
+	if len(portalFailed) > 0 {
+		t.Logf("%d portal attempts failed and were retried: %q", len(portalFailed), portalFailed[:min(len(portalFailed), 5)])
+	}
 	if len(cityIDs) != wardDossiers+portalDossiers {
-		t.Fatalf("the city lists %d dossiers of %s, want %d", len(cityIDs), ward, wardDossiers+portalDossiers)
+		items, _ := listItems(func(q string) (int, []byte, error) {
+			code, body := e.call(e.admin, "GET", e.members["c1"].url+q, nil)
+			return code, body, nil
+		}, "/v1/wards/"+ward+"/dossiers")
+		t.Fatalf("the city lists %d dossiers of %s, want %d (%d from %s and %d from the portal): %s; %d portal attempts failed",
+			len(cityIDs), ward, wardDossiers+portalDossiers, wardDossiers, first.id, portalDossiers, describeListing(items), len(portalFailed))
 	}
 
 	// A fresh node of the same ward pulls it all, and is killed part-way.
 	ps, city := e.proxiesFor(ctx, ids, int64(seed))
 	fresh := e.initWard("p2", ward)
+	e.logsOnFailure(first, fresh)
 	e.runWard(fresh, city)
 	up := time.Now()
 	for {
 		if st, err = fresh.status(); err != nil {
 			t.Fatal(err)
 		}
-		if st.PullCursor > 0 || time.Since(up) > 60*time.Second {
+		// A third of the way in: far enough that re-pulling from zero
+		// could not pass for resuming.
+		if st.PullCursor >= head/3 {
 			break
+		}
+		if time.Since(up) > 60*time.Second {
+			t.Fatalf("the fresh node pulled nothing within 60s: %+v", st)
 		}
 	}
 	fresh.proc.kill9()
@@ -877,17 +928,34 @@ func TestSyncResumesAfterKill9MidPull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	held, err := fresh.wardIDs()
+	before, err := fresh.wardIDs()
 	if err != nil {
 		t.Fatal(err)
 	}
+	held := before
 	t.Logf("after the restart (link down): pull_cursor %d, %d of %d dossiers held", after.PullCursor, len(held), len(cityIDs))
 	if after.PullCursor < st.PullCursor || after.PullCursor == 0 {
 		t.Fatalf("the durable pull cursor is %d; the node had reported %d before the kill", after.PullCursor, st.PullCursor)
 	}
 	if after.PullCursor >= head || len(held) >= len(cityIDs) {
-		t.Logf("note: the rest of the partition was stored between the status read and the SIGKILL")
+		t.Fatalf("the restarted node holds the whole partition (cursor %d, head %d): the kill landed after the pull", after.PullCursor, head)
 	}
+	// Ops the city sends from now on: the members' counters, once the
+	// killed node's old sessions have stopped sending into the void.
+	var sentBefore float64
+	eventually(t, "members' pulled-ops counters settle", 30*time.Second, func() error {
+		a, err := e.pulledOps(ids)
+		if err != nil {
+			return err
+		}
+		time.Sleep(500 * time.Millisecond)
+		b, err := e.pulledOps(ids)
+		if err == nil && a != b {
+			err = fmt.Errorf("still moving: %v then %v", a, b)
+		}
+		sentBefore = b
+		return err
+	})
 	setCut(ps, false)
 	resumed := time.Now()
 	eventually(t, "fresh node caught up", 45*time.Second, func() error {
@@ -901,13 +969,71 @@ func TestSyncResumesAfterKill9MidPull(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("caught up %v after the link came back; %d dossiers held", time.Since(resumed).Round(time.Millisecond), len(held))
+	sentAfter, err := e.pulledOps(ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every dossier here is one create op. Resuming from the cursor re-sends
+	// at most what the cursor did not cover (one pushed batch at most); a
+	// pull from zero would send the whole partition again.
+	total, resent := len(cityIDs), int(sentAfter-sentBefore)
+	t.Logf("the city sent %d ops after the restart (partition %d ops, %d already held)", resent, total, len(before))
+	if resent > total-len(before)+2000 || resent >= total {
+		t.Fatalf("after the restart the city sent %d ops of a %d-op partition to a node that held %d: it did not resume from its cursor", resent, total, len(before))
+	}
 	if len(held) != len(cityIDs) {
 		t.Fatalf("the fresh node holds %d dossiers; the city %d", len(held), len(cityIDs))
 	}
-	if err := e.sameEverywhere(fresh, sample(cityIDs, 100), []string{"c1"}, time.Now().Add(30*time.Second)); err != nil {
+	if err := e.sameEverywhere(fresh, sample(cityIDs, 100), []string{"c1"}, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if st, _ := fresh.status(); st.LastSeq != 0 || st.OutboxDepth != 0 {
 		t.Fatalf("the fresh node made ops of its own while pulling: %+v", st)
 	}
+}
+
+// pulledOps sums the members' wardsync_city_pulled_ops_total: ops sent to
+// wards.
+func (e *cityEnv) pulledOps(members []string) (float64, error) {
+	var sum float64
+	for _, m := range members {
+		code, body := e.call(e.admin, "GET", e.members[m].url+"/metrics", nil)
+		if code != 200 {
+			return 0, fmt.Errorf("GET /metrics on %s: HTTP %d", m, code)
+		}
+		for line := range strings.Lines(string(body)) {
+			if v, ok := strings.CutPrefix(line, "wardsync_city_pulled_ops_total "); ok {
+				f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+				if err != nil {
+					return 0, err
+				}
+				sum += f
+			}
+		}
+	}
+	return sum, nil
+}
+
+// logsOnFailure logs the tail of every process's stderr if the test fails
+// (or always, with WARDSYNC_CHAOS_LOGS set).
+func (e *cityEnv) logsOnFailure(wards ...*wardNode) {
+	e.t.Cleanup(func() {
+		if !e.t.Failed() && os.Getenv("WARDSYNC_CHAOS_LOGS") == "" {
+			return
+		}
+		tail := func(s string) string {
+			if len(s) > 6000 {
+				return "…" + s[len(s)-6000:]
+			}
+			return s
+		}
+		for _, w := range wards {
+			if w.proc != nil {
+				e.t.Logf("ward %s stderr:\n%s", w.id, tail(w.proc.stderr.String()))
+			}
+		}
+		for id, p := range e.members {
+			e.t.Logf("member %s stderr:\n%s", id, tail(p.stderr.String()))
+		}
+	})
 }

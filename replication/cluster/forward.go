@@ -306,13 +306,19 @@ func (f *forwarder) propose(ctx context.Context, cmd Command) (Result, error) {
 	return res, json.Unmarshal(out, &res)
 }
 
-// call sends req to the current leader. If leadership moves while it waits
-// for the answer (the leader died, or stepped down), it gives up with
-// ErrNoLeader so that the caller retries with the new leader: a dead
-// leader's connection would otherwise hold the request until QUIC's idle
-// timeout. This is the same retry as after a lost answer: the FSM skips
-// pushed ops it already holds, and refuses a portal create whose dossier
-// ID exists rather than make it twice.
+// leaderGone is how long call still waits for the answer of a leader that
+// is no longer the leader. One that is alive answers at once (Raft fails
+// its pending proposals when it steps down); a dead one never does.
+const leaderGone = time.Second
+
+// call sends req to the current leader. If leadership has moved away from
+// it for leaderGone while call waits for the answer (the leader died), it
+// gives up with ErrNoLeader so that the caller retries with the new
+// leader: a dead leader's connection would otherwise hold the request
+// until QUIC's idle timeout (30 s), and with it every ward push forwarded
+// through this member. This is the same retry as after a lost answer: the
+// FSM skips pushed ops it already holds, and refuses a portal create whose
+// dossier ID exists rather than make it twice.
 func (f *forwarder) call(ctx context.Context, req rpc) ([]byte, error) {
 	_, addr := f.c.Leader()
 	if addr == "" {
@@ -324,16 +330,21 @@ func (f *forwarder) call(ctx context.Context, req rpc) ([]byte, error) {
 	go func() {
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
+		var since time.Time // when leadership was first seen elsewhere
 		for {
 			select {
 			case <-cctx.Done():
 				return
 			case <-tick.C:
-				if _, now := f.c.Leader(); now != addr {
-					close(moved)
-					cancel()
-					return
-				}
+			}
+			if _, now := f.c.Leader(); now == addr {
+				since = time.Time{}
+			} else if since.IsZero() {
+				since = time.Now()
+			} else if time.Since(since) >= leaderGone {
+				close(moved)
+				cancel()
+				return
 			}
 		}
 	}()

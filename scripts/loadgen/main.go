@@ -294,12 +294,12 @@ func phase(cfg config, send sender, seq *atomic.Int64, d time.Duration, limit in
 				due := time.Now()
 				if interval > 0 {
 					due = start.Add(time.Duration(k) * interval)
-					if wait := time.Until(due); wait > 0 {
-						time.Sleep(wait)
-					}
 				}
 				if limit <= 0 && !due.Before(deadline) {
 					break
+				}
+				if wait := time.Until(due); wait > 0 {
+					time.Sleep(wait)
 				}
 				rctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 				err := send(rctx, w, seq.Add(1))
