@@ -166,9 +166,12 @@ func work(tx *store.Tx, dossiers map[string]*dossierWork, id string) (*dossierWo
 	}
 	if ok {
 		w.old = &d
-	}
-	if w.ops, err = tx.DossierOps(id); err != nil {
-		return nil, err
+		// Only a dossier that has a stored state has ops: a new one (every
+		// portal intake, every pushed create) skips the index scan, which
+		// costs a badger iterator.
+		if w.ops, err = tx.DossierOps(id); err != nil {
+			return nil, err
+		}
 	}
 	dossiers[id] = w
 	return w, nil
