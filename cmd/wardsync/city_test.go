@@ -530,3 +530,42 @@ func TestCityRecoverFromLostMajority(t *testing.T) {
 		t.Fatal("dossier ID reused")
 	}
 }
+
+// TestCityForwardingDoesNotLeakStreams: more forwarded requests through one
+// follower than a QUIC connection's stream limit (1,000) all succeed; a
+// stream not released on both sides used to stall forwarding after ~1,000.
+func TestCityForwardingDoesNotLeakStreams(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	ids := []string{"c1", "c2", "c3"}
+	e := newCityEnv(t, ids...)
+	boot := e.bootstrapSpec(ids...)
+	for _, id := range ids {
+		e.start(id, "--bootstrap", boot)
+	}
+	leader := e.waitLeader("c1", "")
+	follower := "c1"
+	if leader == "c1" {
+		follower = "c2"
+	}
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 75; i++ {
+				if _, err := e.submit(follower, w*1000+i); err != nil {
+					if failed.Add(1) == 1 {
+						t.Log(err)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Fatalf("%d of 1,200 forwarded submissions failed", n)
+	}
+}

@@ -42,7 +42,13 @@ func (c *Cluster) handleSync(ctx context.Context, conn *transport.Conn) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer s.Close()
+			// Close ends our side; CancelRead releases the peer's side too,
+			// so quic-go frees the stream. Without it, incoming streams pile
+			// up to the connection's limit and forwarding stalls.
+			defer func() {
+				s.CancelRead(0)
+				s.Close()
+			}()
 			r := wire.NewReader(s, maxRPCFrame)
 			msg, err := r.Read()
 			if err != nil {
@@ -369,7 +375,12 @@ func (f *forwarder) callAt(ctx context.Context, addr string, req rpc) ([]byte, e
 		f.forget(addr, conn)
 		return nil, fmt.Errorf("%w: %v", ErrNoLeader, err)
 	}
-	defer s.Close()
+	// One request per stream: release both directions when done, so the
+	// member's count of open incoming streams goes back down.
+	defer func() {
+		s.CancelRead(0)
+		s.Close()
+	}()
 	if d, ok := ctx.Deadline(); ok {
 		s.SetDeadline(d)
 	}

@@ -226,6 +226,13 @@ func (f *fsm) applyPortal(tx *store.Tx, dossiers map[string]*dossierWork, index 
 	}
 	for _, op := range w.ops {
 		if op.Kind == schema.KindCreate {
+			// IDs are minted per request, so the city's own create with the
+			// same clock is this very command, proposed again after a
+			// leader change: answer it as done, not as a conflict.
+			if op.ID.Origin == id.Node && op.HLC == p.HLC {
+				d := schema.Fold(w.ops)
+				return Result{Dossier: &d}, nil
+			}
 			return Result{Err: "dossier " + p.Dossier + " exists", Code: "conflict"}, nil
 		}
 	}

@@ -75,7 +75,8 @@ func TestFSMDeterministicAndIdempotent(t *testing.T) {
 		entry(t, 2, portal(1), portal(2), Command{Kind: KindOps, Ops: ops[:6]}),
 		entry(t, 3, Command{Kind: KindOps, Ops: ops[4:]}, portal(3)), // ops 5 and 6 again
 		{Index: 4, Term: 1, Type: raft.LogConfiguration},
-		entry(t, 5, portal(2)), // the same dossier ID again: refused, not applied twice
+		entry(t, 5, portal(2)), // the same command again (a re-proposal): done, not applied twice
+		entry(t, 6, func() Command { c := portal(2); c.Portal.HLC++; return c }()), // another command, same ID: refused
 	}
 	a, b := newTestFSM(t), newTestFSM(t)
 	ra := a.ApplyBatch(logs)
@@ -91,8 +92,11 @@ func TestFSMDeterministicAndIdempotent(t *testing.T) {
 	if res[0].Applied != 4 {
 		t.Fatalf("second push stored %d ops, want 4 (2 were duplicates)", res[0].Applied)
 	}
-	if r := ra[4].(*entryResult).Results[0]; r.Code != "conflict" {
-		t.Fatalf("duplicate portal dossier: %+v, want conflict", r)
+	if r := ra[4].(*entryResult).Results[0]; r.Code != "" || r.Dossier == nil || r.Dossier.ReceiptNo != ra[1].(*entryResult).Results[1].Dossier.ReceiptNo {
+		t.Fatalf("re-proposed portal command: %+v, want the same dossier", r)
+	}
+	if r := ra[5].(*entryResult).Results[0]; r.Code != "conflict" {
+		t.Fatalf("another command with an existing dossier ID: %+v, want conflict", r)
 	}
 	p1 := ra[1].(*entryResult).Results[0].Dossier
 	if p1 == nil || p1.ReceiptNo == "" || p1.Origin != CityOrigin {

@@ -730,6 +730,9 @@ func cmdFanin(args []string) error {
 	}
 	fmt.Fprintf(os.Stderr, "syncload fanin: issued %d ward certificates in %s\n", nmax, time.Since(t).Round(time.Millisecond))
 
+	// Resident memory of the members: all of it (VmRSS), and the anonymous
+	// part (RssAnon: Go heap and stacks, without badger's mmapped files),
+	// which is what connections cost.
 	rss := func() ([]int64, int64) {
 		var each []int64
 		var sum int64
@@ -740,6 +743,13 @@ func cmdFanin(args []string) error {
 		}
 		return each, sum
 	}
+	anon := func() int64 {
+		var sum int64
+		for _, p := range pids {
+			sum += procStatusKB(p, "RssAnon")
+		}
+		return sum
+	}
 	cpu := func() float64 {
 		var s float64
 		for _, p := range pids {
@@ -747,9 +757,9 @@ func cmdFanin(args []string) error {
 		}
 		return s
 	}
-	_, rss0 := rss()
-	each0, _ := rss()
-	emit(map[string]any{"phase": "idle", "n": 0, "rss_kb": each0, "rss_total_kb": rss0})
+	each0, rss0 := rss()
+	anon0 := anon()
+	emit(map[string]any{"phase": "idle", "n": 0, "rss_kb": each0, "rss_total_kb": rss0, "rss_anon_kb": anon0})
 
 	ctx := context.Background()
 	sims := make([]*sim, 0, nmax) // nil where the connection failed
@@ -800,14 +810,17 @@ func cmdFanin(args []string) error {
 		took := time.Since(t)
 		time.Sleep(*settle)
 		each, sum := rss()
+		an := anon()
 		connected := n - failed
-		perWard := 0.0
+		perWard, perWardAll := 0.0, 0.0
 		if connected > 0 {
-			perWard = float64(sum-rss0) / float64(connected)
+			perWard = float64(an-anon0) / float64(connected)
+			perWardAll = float64(sum-rss0) / float64(connected)
 		}
 		row := map[string]any{"phase": "idle", "n": n, "connected": connected, "connect_failed": failed,
-			"connect_s": round(took.Seconds(), 2), "rss_kb": each, "rss_total_kb": sum,
-			"kb_per_ward": round(perWard, 1), "syncload_rss_kb": procStatusKB(os.Getpid(), "VmRSS")}
+			"connect_s": round(took.Seconds(), 2), "rss_kb": each, "rss_total_kb": sum, "rss_anon_kb": an,
+			"kb_per_ward": round(perWard, 1), "kb_per_ward_vmrss": round(perWardAll, 1),
+			"syncload_rss_kb": procStatusKB(os.Getpid(), "VmRSS")}
 		if lastConnErr != nil {
 			row["last_error"] = lastConnErr.Error()
 		}
