@@ -191,8 +191,11 @@ func TestVoteCrashRandomKills(t *testing.T) {
 		if !bytes.Equal(cand, candFor(term)) {
 			t.Fatalf("kill %d: LastVoteTerm %d paired with %q", i, term, cand)
 		}
-		if term > current || current > term+1 {
-			t.Fatalf("kill %d: CurrentTerm %d, LastVoteTerm %d", i, current, term)
+		// The term may run ahead of the last vote by more than one: each
+		// kill can land after a term was adopted and before its vote, and
+		// that is a valid Raft state (a term with no vote yet).
+		if term > current {
+			t.Fatalf("kill %d: CurrentTerm %d below LastVoteTerm %d", i, current, term)
 		}
 		if term < lastTerm {
 			t.Fatalf("kill %d: vote went back from term %d to %d", i, lastTerm, term)
