@@ -31,6 +31,7 @@ type cityEnv struct {
 	dir     string
 	quic    map[string]string // member ID → QUIC address
 	members map[string]*nodeProc
+	mu      sync.Mutex // guards members against writers running during start
 	portal  *http.Client
 	admin   *http.Client
 }
@@ -96,7 +97,9 @@ func (e *cityEnv) start(id string, extra ...string) *nodeProc {
 		"--snapshot-threshold", "40", "--trailing-logs", "10", "--snapshot-interval", "500ms",
 		"--log-level", "info"}, extra...)
 	p := startNode(e.t, exec.Command(wardsyncBin(e.t), args...))
+	e.mu.Lock()
 	e.members[id] = p
+	e.mu.Unlock()
 	return p
 }
 
@@ -153,7 +156,10 @@ type portalDossier struct {
 func (e *cityEnv) submit(via string, i int) (portalDossier, error) {
 	body := map[string]any{"procedure": "birth-registration", "ward": testWard(e.t),
 		"applicant": map[string]string{"name": fmt.Sprintf("Công dân %d", i), "id_number": fmt.Sprintf("%012d", 79_000_000_000+i)}}
-	code, data := e.call(e.portal, "POST", e.members[via].url+"/v1/dossiers", body)
+	e.mu.Lock()
+	base := e.members[via].url
+	e.mu.Unlock()
+	code, data := e.call(e.portal, "POST", base+"/v1/dossiers", body)
 	if code != http.StatusCreated {
 		return portalDossier{}, fmt.Errorf("submit via %s: HTTP %d: %s", via, code, data)
 	}
