@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -392,7 +391,6 @@ func TestCityAPIRefusesWithoutCertificate(t *testing.T) {
 			t.Fatalf("bad portal body: HTTP %d %s", code, data)
 		}
 	}
-	_ = x509.NewCertPool
 }
 
 // TestCityBadFramesOnEveryALPN is invariant 5 at the city: garbage,

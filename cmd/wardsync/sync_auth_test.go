@@ -79,10 +79,8 @@ func (p *rawPusher) session(ctx context.Context, addr string, hello *wire.Hello,
 	}
 	r := wire.NewReader(s, 1<<24)
 	var got []wire.Msg
-	expectAck := 0
 	for _, f := range frames {
 		s.Write(f)
-		expectAck++
 	}
 	s.Close() // no more frames from us
 	for {
@@ -198,7 +196,6 @@ func TestSyncRefusesForeignWardOps(t *testing.T) {
 	if !ok || d.Status != "received" {
 		t.Fatalf("B's dossier after A's attempts: %+v", d)
 	}
-	_ = fmt.Sprint
 }
 
 // fixLen rewrites a frame's length field after the payload was edited.

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -333,7 +334,7 @@ func (tx *Tx) ListDossiers(q ListQuery) (items []schema.Dossier, next string, er
 		last = k
 		if q.OverdueAt != 0 {
 			// Keys are due-time first: past now, nothing more is overdue.
-			due := int64(bytesUint(k[len(prefixByDue):]))
+			due := int64(binary.BigEndian.Uint64(k[len(prefixByDue):]))
 			if due >= q.OverdueAt {
 				last = nil
 				return false, nil
@@ -362,17 +363,6 @@ func (tx *Tx) ListDossiers(q ListQuery) (items []schema.Dossier, next string, er
 		next = base64.RawURLEncoding.EncodeToString(last)
 	}
 	return items, next, nil
-}
-
-func bytesUint(b []byte) uint64 {
-	if len(b) < 8 {
-		return 0
-	}
-	var n uint64
-	for _, c := range b[:8] {
-		n = n<<8 | uint64(c)
-	}
-	return n
 }
 
 // Stats are a ward's counts, read from counters kept by PutDossier.
@@ -406,7 +396,7 @@ func (tx *Tx) Stats(ward string) (Stats, error) {
 		}
 		proc, what := string(rest[:i]), string(rest[i+1:])
 		ps := st.ByProcedure[proc]
-		n := int64(bytesUint(v))
+		n := int64(binary.BigEndian.Uint64(v))
 		if what == "decided" {
 			ps.Decided = n
 		} else {

@@ -183,7 +183,7 @@ func Open(cfg Config) (*Cluster, error) {
 		logs.Close()
 		return nil, err
 	}
-	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{log}, DisableTime: true})
+	hlog := raftLogger(log)
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.Dir, "snapshots"), 3, hlog)
 	if err != nil {
 		st.Close()
@@ -196,7 +196,11 @@ func Open(cfg Config) (*Cluster, error) {
 	c.hub = newChangeHub()
 	c.fsm = &fsm{st: st, log: log, m: c.m, notify: c.hub.notify, restored: c.hub.notifyAll}
 	var floor schema.HLC
-	st.View(func(tx *store.Tx) error { floor, _ = tx.HLCFloor(); return nil })
+	if err := st.View(func(tx *store.Tx) error { var err error; floor, err = tx.HLCFloor(); return err }); err != nil {
+		st.Close()
+		logs.Close()
+		return nil, err
+	}
 	c.clock = schema.NewClock(cfg.Now, floor, 0)
 	c.layer = newStreamLayer(cfg.Endpoint, advertise, cfg.NodeID, log)
 	c.fwd = newForwarder(c)
@@ -221,7 +225,10 @@ func Open(cfg Config) (*Cluster, error) {
 	// resume after the snapshot's index and skip what lies between).
 	rc.NoSnapshotRestoreOnStart = true
 	var applied uint64
-	st.View(func(tx *store.Tx) error { applied, _ = tx.Applied(); return nil })
+	if err := st.View(func(tx *store.Tx) error { var err error; applied, err = tx.Applied(); return err }); err != nil {
+		c.closeStores()
+		return nil, err
+	}
 	if metas, err := snaps.List(); err == nil && len(metas) > 0 && metas[0].Index > applied {
 		log.Warn("fsm is behind the newest snapshot; restoring it at start", "applied", applied, "snapshot", metas[0].Index)
 		rc.NoSnapshotRestoreOnStart = false
@@ -502,6 +509,11 @@ func (c *Cluster) NewDossierID() string {
 	return ulid.MustNew(ulid.Timestamp(c.cfg.Now()), c.entropy).String()
 }
 
+// raftLogger is hashicorp/raft's logger, writing into slog.
+func raftLogger(log *slog.Logger) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{log}, DisableTime: true})
+}
+
 // slogWriter routes hclog's text output (raft's logs) into slog.
 type slogWriter struct{ l *slog.Logger }
 
@@ -554,7 +566,7 @@ func Recover(dir, nodeID string, servers []raft.Server, log *slog.Logger, encryp
 		return err
 	}
 	defer st.Close()
-	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{log}, DisableTime: true})
+	hlog := raftLogger(log)
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(dir, "snapshots"), 3, hlog)
 	if err != nil {
 		return err

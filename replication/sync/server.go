@@ -172,7 +172,10 @@ func (s *Server) push(ctx context.Context, conn *transport.Conn, st io.ReadWrite
 		// Ops this member already holds are committed: do not send them
 		// through Raft again (a reconnecting ward resends from its cursor).
 		ops, hw := b.Ops, uint64(0)
-		s.c.Store().View(func(tx *store.Tx) error { hw, _ = tx.HighWater(peer.Node); return nil })
+		if err := s.c.Store().View(func(tx *store.Tx) error { var err error; hw, err = tx.HighWater(peer.Node); return err }); err != nil {
+			s.refuse(st, peer, wire.CodeInternal, "cannot read high-water mark")
+			return
+		}
 		for len(ops) > 0 && ops[0].ID.Seq <= hw {
 			ops = ops[1:]
 		}
