@@ -39,6 +39,9 @@ func (n *Node) Handler() http.Handler {
 	authed("POST /v1/dossiers/{id}/assign", n.handleAssign)
 	authed("POST /v1/dossiers/{id}/notes", n.handleNote)
 	authed("POST /v1/dossiers/{id}/resolve", n.handleResolve)
+	authed("POST /v1/dossiers/{id}/attachments", n.handleAttach)
+	authed("GET /v1/dossiers/{id}/attachments", n.handleAttachments)
+	authed("GET /v1/dossiers/{id}/attachments/{hash}", n.handleDownload)
 	authed("GET /v1/procedures", n.handleProcedures)
 	authed("GET /v1/officials", n.handleOfficials)
 	authed("POST /v1/officials", n.handleAddOfficial)
@@ -159,18 +162,18 @@ func (n *Node) handleCreate(w http.ResponseWriter, r *http.Request, who store.Of
 	if err != nil {
 		return err
 	}
+	v, err := n.viewDossier(&d)
+	if err != nil {
+		return err
+	}
 	w.Header().Set("Location", "/v1/dossiers/"+d.ID)
-	httpjson.WriteJSON(w, http.StatusCreated, ViewDossier(&d, n.now().UnixMilli(), true))
+	httpjson.WriteJSON(w, http.StatusCreated, v)
 	return nil
 }
 
 func (n *Node) handleGet(w http.ResponseWriter, r *http.Request, _ store.Official) error {
 	d, err := n.Dossier(r.PathValue("id"))
-	if err != nil {
-		return err
-	}
-	httpjson.WriteJSON(w, http.StatusOK, ViewDossier(&d, n.now().UnixMilli(), true))
-	return nil
+	return n.respondDossier(w, d, err)
 }
 
 func (n *Node) handleHistory(w http.ResponseWriter, r *http.Request, _ store.Official) error {
@@ -287,8 +290,25 @@ func (n *Node) respondDossier(w http.ResponseWriter, d schema.Dossier, err error
 	if err != nil {
 		return err
 	}
-	httpjson.WriteJSON(w, http.StatusOK, ViewDossier(&d, n.now().UnixMilli(), true))
+	v, err := n.viewDossier(&d)
+	if err != nil {
+		return err
+	}
+	httpjson.WriteJSON(w, http.StatusOK, v)
 	return nil
+}
+
+// viewDossier is the full view of a dossier on this node: ViewDossier
+// plus, for each attachment, whether it is here and uploaded.
+func (n *Node) viewDossier(d *schema.Dossier) (DossierView, error) {
+	v := ViewDossier(d, n.now().UnixMilli(), true)
+	if len(d.Attachments) > 0 {
+		var err error
+		if v.Attachments, err = n.attachmentViews(d.Attachments); err != nil {
+			return DossierView{}, err
+		}
+	}
+	return v, nil
 }
 
 func (n *Node) handleProcedures(w http.ResponseWriter, r *http.Request, _ store.Official) error {

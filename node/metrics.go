@@ -51,7 +51,7 @@ func newMetrics(n *Node) *metrics {
 	}
 	m.reg.MustRegister(m.requests, m.latency, m.ops, m.commits, m.failures, m.batch, m.commitDur,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		&dossierCollector{n: n})
+		&dossierCollector{n: n}, &blobCollector{n: n})
 	return m
 }
 
@@ -94,4 +94,30 @@ func (c *dossierCollector) Collect(ch chan<- prometheus.Metric) {
 	lsm, vlog := c.n.store.Size()
 	ch <- prometheus.MustNewConstMetric(sizeDesc, prometheus.GaugeValue, float64(lsm), "lsm")
 	ch <- prometheus.MustNewConstMetric(sizeDesc, prometheus.GaugeValue, float64(vlog), "vlog")
+}
+
+// blobCollector reads the blob store's counts at scrape time.
+type blobCollector struct{ n *Node }
+
+var (
+	blobBytesDesc  = prometheus.NewDesc("wardsync_blob_bytes", "Bytes of attachment chunks in the blob store.", nil, nil)
+	blobChunksDesc = prometheus.NewDesc("wardsync_blob_chunks", "Attachment chunks in the blob store.", nil, nil)
+	blobsDesc      = prometheus.NewDesc("wardsync_blobs", "Attachments (blob manifests) in the blob store.", nil, nil)
+)
+
+func (c *blobCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- blobBytesDesc
+	ch <- blobChunksDesc
+	ch <- blobsDesc
+}
+
+func (c *blobCollector) Collect(ch chan<- prometheus.Metric) {
+	st, err := c.n.blobs.Stats()
+	if err != nil {
+		c.n.log.Warn("metrics: blob store stats", "err", err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(blobBytesDesc, prometheus.GaugeValue, float64(st.ChunkBytes))
+	ch <- prometheus.MustNewConstMetric(blobChunksDesc, prometheus.GaugeValue, float64(st.Chunks))
+	ch <- prometheus.MustNewConstMetric(blobsDesc, prometheus.GaugeValue, float64(st.Blobs))
 }

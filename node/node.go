@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -11,14 +12,20 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wardsync/wardsync/node/blobstore"
 	"github.com/wardsync/wardsync/node/store"
 	"github.com/wardsync/wardsync/schema"
 )
+
+// DefaultMaxAttachmentBytes is the upload limit of one attachment when
+// Config.MaxAttachmentBytes is 0.
+const DefaultMaxAttachmentBytes = 50 << 20
 
 // Config is everything a ward node needs to open.
 type Config struct {
@@ -34,11 +41,15 @@ type Config struct {
 	MaxDrift time.Duration
 	// SkipLogCheck is set only by `ward repair`.
 	SkipLogCheck bool
+	// MaxAttachmentBytes bounds one uploaded attachment (0:
+	// DefaultMaxAttachmentBytes; at most schema.MaxBlobSize).
+	MaxAttachmentBytes int64
 }
 
 // Node is an open ward node.
 type Node struct {
 	store    *store.Store
+	blobs    *blobstore.Store
 	id       store.Identity
 	catalog  *schema.Catalog
 	calendar *schema.Calendar
@@ -50,6 +61,9 @@ type Node struct {
 
 	writes     localWrites
 	syncStatus func() any
+
+	maxAttachment int64
+	fetchBlob     atomic.Pointer[blobFetcher]
 
 	ulidMu   sync.Mutex
 	ulidLast uint64
@@ -71,6 +85,9 @@ func (c *Config) defaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.MaxAttachmentBytes == 0 {
+		c.MaxAttachmentBytes = DefaultMaxAttachmentBytes
 	}
 }
 
@@ -188,9 +205,14 @@ func moveInto(src, dst string) error {
 	return parent.Sync()
 }
 
-// Open opens an initialized node.
+// Open opens an initialized node: its state store and, beside it in
+// Dir/blobs, the blob store of its attachments.
 func Open(cfg Config) (*Node, error) {
 	cfg.defaults()
+	if cfg.MaxAttachmentBytes < 0 || cfg.MaxAttachmentBytes > schema.MaxBlobSize {
+		return nil, &schema.FieldError{Field: "max-attachment",
+			Reason: fmt.Sprintf("%d bytes: must be from 1 to %d", cfg.MaxAttachmentBytes, int64(schema.MaxBlobSize))}
+	}
 	st, err := store.Open(store.Options{Dir: cfg.Dir, EncryptionKey: cfg.EncryptionKey, Logger: cfg.Logger, SkipLogCheck: cfg.SkipLogCheck})
 	if err != nil {
 		return nil, err
@@ -213,11 +235,18 @@ func Open(cfg Config) (*Node, error) {
 		st.Close()
 		return nil, fmt.Errorf("node: ward %s of this node is not in the ward registry", id.Ward)
 	}
+	log := cfg.Logger.With("node", id.Node, "ward", id.Ward)
+	blobs, err := blobstore.Open(blobstore.Options{Dir: filepath.Join(cfg.Dir, "blobs"), EncryptionKey: cfg.EncryptionKey, Logger: log, Now: cfg.Now})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	n := &Node{
-		store: st, id: id, catalog: cfg.Catalog, calendar: cfg.Calendar, wards: cfg.Wards,
+		store: st, blobs: blobs, id: id, catalog: cfg.Catalog, calendar: cfg.Calendar, wards: cfg.Wards,
 		clock: schema.NewClock(cfg.Now, floor, cfg.MaxDrift), now: cfg.Now,
-		log:     cfg.Logger.With("node", id.Node, "ward", id.Ward),
-		entropy: ulid.Monotonic(rand.Reader, 0),
+		log:           log,
+		entropy:       ulid.Monotonic(rand.Reader, 0),
+		maxAttachment: cfg.MaxAttachmentBytes,
 	}
 	n.metrics = newMetrics(n)
 	st.OnCommit(n.metrics.observeCommit)
@@ -227,8 +256,11 @@ func Open(cfg Config) (*Node, error) {
 	return n, nil
 }
 
-// Close closes the store. It is idempotent.
-func (n *Node) Close() error { return n.store.Close() }
+// Close closes the state store and the blob store. It is idempotent.
+func (n *Node) Close() error {
+	err := n.store.Close()
+	return errors.Join(err, n.blobs.Close())
+}
 
 // Identity returns the node's identity without its private key.
 func (n *Node) Identity() store.Identity {
@@ -239,6 +271,13 @@ func (n *Node) Identity() store.Identity {
 
 // Store exposes the store to the layers above (replication, benchmarks).
 func (n *Node) Store() *store.Store { return n.store }
+
+// Blobs exposes the blob store of attachments to the layers above
+// (replication/blob). It decides nothing about who may read a blob.
+func (n *Node) Blobs() *blobstore.Store { return n.blobs }
+
+// MaxAttachmentBytes is the upload limit of one attachment.
+func (n *Node) MaxAttachmentBytes() int64 { return n.maxAttachment }
 
 // Registry returns the node's Prometheus registry.
 func (n *Node) Registry() *prometheus.Registry { return n.metrics.reg }

@@ -87,45 +87,64 @@ func (n *Node) mutate(ctx context.Context, who store.Official, id string, kind s
 	raw := schema.MarshalBody(body)
 	var out schema.Dossier
 	err := n.store.Write(ctx, func(tx *store.Tx) error {
-		d, ok, err := tx.Dossier(id)
+		d, err := n.ownDossier(tx, id)
 		if err != nil {
 			return err
 		}
-		if !ok {
-			return errNoDossier
-		}
-		if d.Ward != n.id.Ward {
-			// A dossier received here for another ward: that ward processes
-			// it; this office keeps a read-only tracking copy.
-			return fmt.Errorf("%w: dossier %s belongs to ward %s; this office keeps a read-only tracking copy", schema.ErrForbidden, id, d.Ward)
-		}
-		op := schema.Op{
-			ID: schema.OpID{Origin: n.id.Node, Seq: 1}, Ward: d.Ward, Dossier: id, HLC: n.clock.Now(),
-			Actor: actorOf(who), Kind: kind, Body: raw,
-		}
-		// Check before signing: refused moves (409/403) are common at the
-		// desk and should not cost a signature.
-		if err := schema.Check(&d, &op); err != nil {
-			return err
-		}
-		if err := op.CheckShape(); err != nil {
-			return err
-		}
-		if err := tx.AppendLocal(&op, n.id.PrivateKey); err != nil {
-			return err
-		}
-		old := d
-		if err := schema.Apply(&d, &op); err != nil {
+		if _, err := n.appendOp(tx, who, &d, kind, raw); err != nil {
 			return err
 		}
 		out = d
-		return tx.PutDossier(&old, &d)
+		return nil
 	})
 	if err == nil {
 		n.metrics.ops.WithLabelValues(string(kind)).Inc()
 		n.writes.notify()
 	}
 	return out, err
+}
+
+// ownDossier reads dossier id for a change made here: it must exist and
+// belong to this node's ward.
+func (n *Node) ownDossier(tx *store.Tx, id string) (schema.Dossier, error) {
+	d, ok, err := tx.Dossier(id)
+	if err != nil {
+		return schema.Dossier{}, err
+	}
+	if !ok {
+		return schema.Dossier{}, errNoDossier
+	}
+	if d.Ward != n.id.Ward {
+		// A dossier received here for another ward: that ward processes
+		// it; this office keeps a read-only tracking copy.
+		return schema.Dossier{}, fmt.Errorf("%w: dossier %s belongs to ward %s; this office keeps a read-only tracking copy", schema.ErrForbidden, id, d.Ward)
+	}
+	return d, nil
+}
+
+// appendOp checks one op of kind against d, signs and stores it, applies
+// it to d and stores d's new state, all inside the caller's write.
+func (n *Node) appendOp(tx *store.Tx, who store.Official, d *schema.Dossier, kind schema.Kind, raw []byte) (schema.Op, error) {
+	op := schema.Op{
+		ID: schema.OpID{Origin: n.id.Node, Seq: 1}, Ward: d.Ward, Dossier: d.ID, HLC: n.clock.Now(),
+		Actor: actorOf(who), Kind: kind, Body: raw,
+	}
+	// Check before signing: refused moves (409/403) are common at the
+	// desk and should not cost a signature.
+	if err := schema.Check(d, &op); err != nil {
+		return schema.Op{}, err
+	}
+	if err := op.CheckShape(); err != nil {
+		return schema.Op{}, err
+	}
+	if err := tx.AppendLocal(&op, n.id.PrivateKey); err != nil {
+		return schema.Op{}, err
+	}
+	old := *d
+	if err := schema.Apply(d, &op); err != nil {
+		return schema.Op{}, err
+	}
+	return op, tx.PutDossier(&old, d)
 }
 
 // Transition moves a dossier to another status (withdrawal included).

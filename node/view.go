@@ -32,6 +32,27 @@ type DossierView struct {
 	History      []eventView       `json:"history,omitempty"`
 	Conflicts    []conflictView    `json:"conflicts"`
 	StateHash    string            `json:"state_hash,omitempty"`
+	Attachments  []AttachmentView  `json:"attachments,omitempty"`
+}
+
+// AttachmentView is an attachment as the APIs show it. Here and Uploaded
+// are the ward node's: whether the whole blob is in its blob store, and
+// whether the city has confirmed it holds the blob (always true for a
+// blob this node did not attach). The city API leaves them out.
+type AttachmentView struct {
+	Op       string       `json:"op"`
+	Name     string       `json:"name"`
+	Hash     string       `json:"hash"`
+	Size     int64        `json:"size"`
+	Type     string       `json:"type"`
+	By       schema.Actor `json:"by"`
+	At       string       `json:"at"`
+	Here     *bool        `json:"here,omitempty"`
+	Uploaded *bool        `json:"uploaded,omitempty"`
+}
+
+func viewAttachment(a *schema.Attachment) AttachmentView {
+	return AttachmentView{Op: a.Op, Name: a.Name, Hash: a.Hash, Size: a.Size, Type: a.Type, By: a.By, At: localTime(a.At)}
 }
 
 type eventView struct {
@@ -60,7 +81,8 @@ func localTime(ms int64) string {
 	return time.UnixMilli(ms).In(schema.CityZone).Format(time.RFC3339)
 }
 
-// ViewDossier renders a dossier; full adds its history and state hash.
+// ViewDossier renders a dossier; full adds its history, attachments and
+// state hash.
 func ViewDossier(d *schema.Dossier, nowMillis int64, full bool) DossierView {
 	v := DossierView{
 		ID: d.ID, ReceiptNo: d.ReceiptNo, Ward: d.Ward, Procedure: d.Procedure, Status: d.Status,
@@ -84,6 +106,9 @@ func ViewDossier(d *schema.Dossier, nowMillis int64, full bool) DossierView {
 	}
 	if full {
 		v.History = viewHistory(d)
+		for i := range d.Attachments {
+			v.Attachments = append(v.Attachments, viewAttachment(&d.Attachments[i]))
+		}
 		h := schema.StateHash(d)
 		v.StateHash = hex.EncodeToString(h[:])
 	}

@@ -9,15 +9,18 @@ import (
 // Sentinel errors. Every layer wraps these; the HTTP layer maps them to
 // status codes in one place, so a new error kind is added here first.
 var (
-	ErrInvalid        = errors.New("invalid input")
-	ErrNotFound       = errors.New("not found")
-	ErrConflict       = errors.New("conflict")
-	ErrForbidden      = errors.New("forbidden")
-	ErrUnauthorized   = errors.New("unauthorized")
-	ErrTooLarge       = errors.New("too large")
-	ErrUnknownVersion = errors.New("unknown encoding version")
-	ErrBadSignature   = errors.New("bad signature")
-	ErrClockDrift     = errors.New("clock drift beyond limit")
+	ErrInvalid      = errors.New("invalid input")
+	ErrNotFound     = errors.New("not found")
+	ErrConflict     = errors.New("conflict")
+	ErrForbidden    = errors.New("forbidden")
+	ErrUnauthorized = errors.New("unauthorized")
+	ErrTooLarge     = errors.New("too large")
+	// ErrUnsupportedType is content of a type that is not allowed (an
+	// attachment that is not a PDF, JPEG, PNG or TIFF).
+	ErrUnsupportedType = errors.New("unsupported content type")
+	ErrUnknownVersion  = errors.New("unknown encoding version")
+	ErrBadSignature    = errors.New("bad signature")
+	ErrClockDrift      = errors.New("clock drift beyond limit")
 	// ErrUnavailable is a temporary refusal (no leader, no quorum): retry.
 	ErrUnavailable = errors.New("unavailable")
 )

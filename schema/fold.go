@@ -29,6 +29,10 @@ type Dossier struct {
 	LastHLC      HLC               `json:"last_hlc"`
 	History      []Event           `json:"history"`
 	Conflicts    []Conflict        `json:"conflicts"`
+	// Attachments are in fold order; omitted when empty so the state (and
+	// state hash) of a dossier without any is what it was before they
+	// existed.
+	Attachments []Attachment `json:"attachments,omitempty"`
 }
 
 // Event is one op as it shows in a dossier's history.
@@ -121,6 +125,15 @@ func checkOp(d *Dossier, op *Op) (any, error) {
 			return nil, fieldErr("body", "bad annotate body: %v", err)
 		}
 		return b, nil
+	case KindAttach:
+		var b AttachBody
+		if err := json.Unmarshal(op.Body, &b); err != nil {
+			return nil, fieldErr("body", "bad attach body: %v", err)
+		}
+		if _, err := b.Manifest(); err != nil {
+			return nil, err
+		}
+		return b, nil
 	case KindResolve:
 		var b ResolveBody
 		if err := json.Unmarshal(op.Body, &b); err != nil {
@@ -184,6 +197,13 @@ func Apply(d *Dossier, op *Op) error {
 		ev.Official = b.Official
 	case AnnotateBody:
 		ev.Text = b.Text
+	case AttachBody:
+		ev.Text = b.Name
+		// The same content attached again (by two offices, say) is one
+		// attachment; the history still shows both ops.
+		if !slices.ContainsFunc(d.Attachments, func(a Attachment) bool { return a.Hash == b.Hash }) {
+			d.Attachments = append(d.Attachments, Attachment{Op: ev.Op, Name: b.Name, Hash: b.Hash, Size: b.Size, Type: b.Type, By: op.Actor, At: at})
+		}
 	case ResolveBody:
 		d.Conflicts = slices.DeleteFunc(d.Conflicts, func(c Conflict) bool { return c.Op == b.Conflict })
 		ev.Text = b.Note

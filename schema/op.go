@@ -52,6 +52,7 @@ const (
 	KindAssign     Kind = "assign"
 	KindAnnotate   Kind = "annotate"
 	KindResolve    Kind = "resolve"
+	KindAttach     Kind = "attach"
 )
 
 // Actor is the official who made an op, as authenticated at the origin. The
@@ -138,7 +139,7 @@ func MarshalBody(v any) []byte {
 
 var (
 	dossierIDRe = regexp.MustCompile(`^[0-7][0-9A-HJKMNP-TV-Z]{25}$`) // a ULID
-	knownKinds  = []Kind{KindCreate, KindTransition, KindAssign, KindAnnotate, KindResolve}
+	knownKinds  = []Kind{KindCreate, KindTransition, KindAssign, KindAnnotate, KindResolve, KindAttach}
 )
 
 // CheckShape checks the fields that become parts of storage keys and

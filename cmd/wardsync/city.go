@@ -13,13 +13,16 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/wardsync/wardsync/node/blobstore"
 	"github.com/wardsync/wardsync/ops/certs"
+	"github.com/wardsync/wardsync/replication/blob"
 	"github.com/wardsync/wardsync/replication/cluster"
 	wsync "github.com/wardsync/wardsync/replication/sync"
 	"github.com/wardsync/wardsync/replication/transport"
@@ -55,6 +58,7 @@ func cityCommand() *cli.Command {
 					integer("snapshot-threshold", "log entries between snapshots", "WARDSYNC_SNAPSHOT_THRESHOLD", 8192),
 					integer("trailing-logs", "log entries kept after a snapshot", "WARDSYNC_TRAILING_LOGS", 10240),
 					str("snapshot-interval", "how often to check whether to snapshot", "WARDSYNC_SNAPSHOT_INTERVAL", "2m"),
+					str("blob-gc-grace", "how long a blob no dossier refers to is kept before it is removed", "WARDSYNC_BLOB_GC_GRACE", "24h"),
 					proceduresFlag, wardsFlag, holidaysFlag, encKeyFlag, logLevelFlag, logFormatFlag},
 				Action: cityRun,
 			}),
@@ -174,9 +178,21 @@ func cityRun(c *cli.Context) error {
 	defer cl.Close()
 	syncSrv := wsync.NewServer(cl, log, cl.Registry())
 	cl.SetWards(syncSrv.WardsHandler())
+	grace, err := parseDuration(c, "blob-gc-grace")
+	if err != nil {
+		return err
+	}
+	bs, err := blobstore.Open(blobstore.Options{Dir: filepath.Join(c.String("data"), "blobs"), EncryptionKey: ncfg.EncryptionKey, Logger: log})
+	if err != nil {
+		return fmt.Errorf("--data %s: %w", c.String("data"), err)
+	}
+	defer bs.Close()
+	blobs := blob.NewCity(blob.CityConfig{Cluster: cl, Blobs: bs, Endpoint: ep, Logger: log, GCGrace: grace})
+	defer blobs.Close()
 	ctx := c.Context
 	epDone := make(chan error, 1)
 	go func() { epDone <- ep.Run(ctx) }()
+	go blobs.Run(ctx)
 
 	if join := c.String("join"); join != "" {
 		go joinThrough(ctx, log, join, cert, pool, self.Node, advertise)
@@ -214,6 +230,7 @@ func cityRun(c *cli.Context) error {
 	shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	srv.Shutdown(shut)
+	blobs.Close()
 	err = cl.Close()
 	ep.Close()
 	log.Info("city member stopped cleanly")

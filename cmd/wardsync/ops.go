@@ -11,11 +11,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/wardsync/wardsync/ops/certs"
+	"github.com/wardsync/wardsync/replication/blob"
 	"github.com/wardsync/wardsync/schema"
 )
 
@@ -29,6 +31,7 @@ func opsCommand() *cli.Command {
 			opsCACommand(),
 			opsCertCommand(),
 			opsStatusCommand(),
+			opsScrubCommand(),
 		},
 	}
 }
@@ -364,4 +367,42 @@ func fmtSpan(d time.Duration) string {
 	days := int(d / (24 * time.Hour))
 	hours := int(d%(24*time.Hour)) / int(time.Hour)
 	return fmt.Sprintf("%d days %d hours", days, hours)
+}
+
+func opsScrubCommand() *cli.Command {
+	return withConfig(&cli.Command{
+		Name:  "scrub",
+		Usage: "re-verify every stored attachment chunk on every city member and repair damaged ones from peers (admin certificate)",
+		Flags: cityClientFlags(),
+		Action: func(c *cli.Context) error {
+			raw, err := cityRequest(c, "POST", "/v1/blobs/scrub", nil)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, raw)
+			}
+			var out struct {
+				Members []blob.ScrubResult `json:"members"`
+			}
+			if err := json.Unmarshal(raw, &out); err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "MEMBER	CHUNKS	BYTES	BAD	UNREADABLE	DAMAGED BLOBS	MISSING AFTER REPAIR	TOOK	ERROR")
+			bad := false
+			for _, m := range out.Members {
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", m.Member, m.Report.Chunks, m.Report.Bytes, m.Report.Bad,
+					m.Report.Unreadable, len(m.Report.Damaged), m.Missing, m.Duration, m.Error)
+				bad = bad || m.Error != "" || m.Missing > 0
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if bad {
+				return cli.Exit("scrub: some member could not be checked or still lacks chunks (see above)", 1)
+			}
+			return nil
+		},
+	})
 }

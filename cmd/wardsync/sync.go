@@ -11,6 +11,7 @@ import (
 
 	"github.com/wardsync/wardsync/node"
 	"github.com/wardsync/wardsync/ops/certs"
+	"github.com/wardsync/wardsync/replication/blob"
 	wsync "github.com/wardsync/wardsync/replication/sync"
 	"github.com/wardsync/wardsync/replication/transport"
 	"github.com/wardsync/wardsync/schema"
@@ -40,8 +41,15 @@ func startSync(c *cli.Context, n *node.Node, log *slog.Logger, city string) (fun
 	// A short idle timeout with frequent keep-alives: when the member this
 	// ward talks to dies, the link is declared dead in seconds and the ward
 	// moves to another member (QUIC's default would wait 30 s).
+	idle, err := parseDuration(c, "link-timeout")
+	if err != nil {
+		return nil, err
+	}
+	if c.Int("blob-bandwidth") < 0 {
+		return nil, fmt.Errorf("--blob-bandwidth %d: must be 0 (no cap) or a number of bytes per second", c.Int("blob-bandwidth"))
+	}
 	ep, err := transport.New(transport.Config{Addr: c.String("quic"), Cert: cert, CA: pool, Logger: log,
-		IdleTimeout: 8 * time.Second, KeepAlivePeriod: 2 * time.Second})
+		IdleTimeout: idle, KeepAlivePeriod: max(idle/4, 100*time.Millisecond)})
 	if err != nil {
 		return nil, fmt.Errorf("--quic %s: %w", c.String("quic"), err)
 	}
@@ -50,15 +58,28 @@ func startSync(c *cli.Context, n *node.Node, log *slog.Logger, city string) (fun
 		ep.Close()
 		return nil, err
 	}
-	n.SetSyncStatus(func() any { return cl.Status() })
+	bw, err := blob.NewWard(blob.WardConfig{Node: n, Endpoint: ep, City: addrs, Logger: log, Registry: n.Registry(),
+		BytesPerSecond: int64(c.Int("blob-bandwidth")), MetadataPending: cl.Unacked})
+	if err != nil {
+		ep.Close()
+		return nil, err
+	}
+	n.SetSyncStatus(func() any {
+		return struct {
+			wsync.Status
+			Blobs blob.WardStatus `json:"blobs"`
+		}{cl.Status(), bw.Status()}
+	})
 	ctx, cancel := context.WithCancel(c.Context)
-	done := make(chan struct{}, 2)
+	done := make(chan struct{}, 3)
 	go func() { ep.Run(ctx); done <- struct{}{} }()
 	go func() { cl.Run(ctx); done <- struct{}{} }()
+	go func() { bw.Run(ctx); done <- struct{}{} }()
 	log.Info("syncing with the city", "members", addrs)
 	return func() {
 		cancel()
 		ep.Close()
+		<-done
 		<-done
 		<-done
 	}, nil

@@ -40,6 +40,8 @@ func wardCommand() *cli.Command {
 					str("city", "city members' QUIC `ADDR,...` to sync with (none: offline only)", "WARDSYNC_CITY_QUIC", ""),
 					str("tls", "`DIR` with the ward certificate (ca.crt, node.crt, node.key); needed with --city", "WARDSYNC_TLS", ""),
 					str("quic", "local UDP `ADDR` to sync from", "WARDSYNC_QUIC", "0.0.0.0:0"),
+					str("link-timeout", "how long a silent link to the city is given before the ward declares it dead and reconnects", "WARDSYNC_LINK_TIMEOUT", "8s"),
+					integer("blob-bandwidth", "cap on this ward's attachment traffic to and from the city, in `BYTES` per second (0: none)", "WARDSYNC_BLOB_BANDWIDTH", 0),
 					proceduresFlag, wardsFlag, holidaysFlag, encKeyFlag, logLevelFlag, logFormatFlag},
 				Action: wardRun,
 			}),

@@ -59,6 +59,8 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error, log *slog.Log
 		if body.Allowed == nil {
 			body.Allowed = []schema.Status{}
 		}
+	case errors.Is(err, schema.ErrUnsupportedType):
+		status, body = http.StatusUnsupportedMediaType, Error{Code: "unsupported_type", Message: err.Error()}
 	case errors.Is(err, schema.ErrInvalid):
 		status, body = http.StatusBadRequest, Error{Code: "invalid", Message: err.Error()}
 	case errors.Is(err, schema.ErrUnauthorized):

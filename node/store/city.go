@@ -24,6 +24,7 @@ func (tx *Tx) SetApplied(index uint64) { tx.setUint(keyApplied, index) }
 func (tx *Tx) PutRemoteOp(op *schema.Op, index uint64) error {
 	tx.set(opKey(op.ID), op.Encode())
 	tx.set(dossierOpKey(op), opKey(op.ID))
+	tx.indexBlobRef(op)
 	return tx.IndexChange(op, index)
 }
 
@@ -170,6 +171,10 @@ func (tx *Tx) ApplyPulled(ops []schema.Op, cursor uint64) (int, error) {
 	}
 	touched := map[string]*work{}
 	n := 0
+	var ward string
+	if id, err := tx.Identity(); err == nil {
+		ward = id.Ward
+	}
 	var maxHLC schema.HLC
 	for i := range ops {
 		op := &ops[i]
@@ -197,6 +202,11 @@ func (tx *Tx) ApplyPulled(ops []schema.Op, cursor uint64) (int, error) {
 		}
 		tx.set(opKey(op.ID), op.Encode())
 		tx.set(dossierOpKey(op), opKey(op.ID))
+		if m, ok := tx.indexBlobRef(op); ok && op.Ward == ward {
+			// A scan of this ward's own dossier: fetch it in the background
+			// (another ward's, on a tracking copy, is fetched on demand).
+			tx.MarkFetch(m.Hash)
+		}
 		w.ops = append(w.ops, *op)
 		maxHLC = max(maxHLC, op.HLC)
 		n++

@@ -23,6 +23,7 @@ import (
 //	t/p/<procedure> 0 <decided|ontime>  counts for the on-time rate
 //	u/<official>                     official (role, name, token hash)
 //	ut/<token sha256>                official ID for a token hash
+//	br/<blob:32> 0 <dossier>         blob reference: an attach op of dossier names the blob
 //
 // On the city FSM only:
 //
@@ -30,11 +31,15 @@ import (
 //	hw/<origin>                      highest seq committed from that origin (gapless)
 //	pk/<origin>                      the origin's op-signing key and wards, set at first push
 //	tr/<dossier>                     the ward that keeps a tracking copy (cross-ward reception)
+//	bs/<blob:32>                     the blob's manifest: stored on a majority of members
+//	ho/<blob:32> <origin> 0 <seq:8>  an attach op held until its blob is on a majority
 //
 // On a ward only:
 //
 //	m/pull_cursor, m/push_acked      sync cursors
 //	m/applied                        last Raft index applied
+//	bu/<blob:32>                     a blob of this node's own attach op not yet stored at the city
+//	bf/<blob:32>                     a blob of this ward's dossiers to fetch from the city
 const sep = 0x00
 
 var (
@@ -54,6 +59,11 @@ var (
 	prefixHighWater  = []byte("hw/")
 	prefixOriginKey  = []byte("pk/")
 	prefixTracker    = []byte("tr/")
+	prefixBlobRef    = []byte("br/")
+	prefixBlobStored = []byte("bs/")
+	prefixHeld       = []byte("ho/")
+	prefixUpload     = []byte("bu/")
+	prefixFetch      = []byte("bf/")
 )
 
 // Metadata keys.
@@ -147,6 +157,25 @@ func highWaterKey(origin string) []byte { return cat(prefixHighWater, origin) }
 func originKeyKey(origin string) []byte { return cat(prefixOriginKey, origin) }
 
 func trackerKey(dossier string) []byte { return cat(prefixTracker, dossier) }
+
+func blobRefKey(h [32]byte, dossier string) []byte { return cat(prefixBlobRef, h[:], dossier) }
+
+func blobRefPrefix(h [32]byte) []byte { return append(cat(prefixBlobRef, h[:]), sep) }
+
+func blobStoredKey(h [32]byte) []byte { return cat(prefixBlobStored, h[:]) }
+
+func heldKey(h [32]byte, id schema.OpID) []byte {
+	k := cat(prefixHeld, h[:])
+	k = append(k, id.Origin...)
+	k = append(k, sep)
+	return binary.BigEndian.AppendUint64(k, id.Seq)
+}
+
+func heldPrefix(h [32]byte) []byte { return cat(prefixHeld, h[:]) }
+
+func uploadKey(h [32]byte) []byte { return cat(prefixUpload, h[:]) }
+
+func fetchKey(h [32]byte) []byte { return cat(prefixFetch, h[:]) }
 
 func officialKey(id string) []byte { return cat(prefixOfficial, id) }
 

@@ -106,6 +106,7 @@ func (tx *Tx) AppendLocal(op *schema.Op, key ed25519.PrivateKey) error {
 	enc := op.Encode()
 	tx.set(opKey(op.ID), enc)
 	tx.set(dossierOpKey(op), opKey(op.ID))
+	tx.indexBlobRef(op)
 	tx.setUint(keySeq, op.ID.Seq)
 	h := sha256.Sum256(enc) // op.Hash(), without encoding it again
 	tx.set(keyPrev, h[:])

@@ -82,6 +82,7 @@ type Cluster struct {
 	hub    *changeHub
 	infos  map[string]func() ([]byte, error)
 	wards  func(context.Context) (any, error)
+	routes []extraRoute
 
 	ulidMu  sync.Mutex
 	entropy *ulid.MonotonicEntropy
@@ -324,6 +325,22 @@ func (c *Cluster) NodeID() string { return c.cfg.NodeID }
 func (c *Cluster) Leader() (id, addr string) {
 	a, i := c.raft.LeaderWithID()
 	return string(i), string(a)
+}
+
+// Voters counts the voting members of the current configuration, for
+// majority decisions outside Raft (blob copies).
+func (c *Cluster) Voters() (int, error) {
+	cf := c.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, s := range cf.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // IsLeader reports whether this member leads.

@@ -26,6 +26,7 @@ const (
 	KindPortal   Kind = 2 // a dossier submitted online, as a city-origin op
 	KindOps      Kind = 3 // ops pushed by a ward (issue 4)
 	KindRegister Kind = 4 // an origin's op-signing key, at its first push
+	KindBlob     Kind = 5 // a blob is now held by a majority of members (issue 5)
 )
 
 // Command is one state change proposed to the FSM.
@@ -36,6 +37,29 @@ type Command struct {
 	Ops      []schema.Op
 	Pusher   *Pusher      // KindOps: who pushed them (nil: a member, trusted)
 	Register *RegisterCmd // KindRegister
+	Blob     *BlobCmd     // KindBlob
+}
+
+// BlobCmd records that a majority of members holds a blob: the member that
+// gathered the copies proposes it, and the attach ops held for the blob
+// are applied with it. Hashes are hex, as in an attach body.
+type BlobCmd struct {
+	Hash   string   `json:"hash"`
+	Size   int64    `json:"size"`
+	Type   string   `json:"type"`
+	Chunks []string `json:"chunks"`
+}
+
+// NewBlobCmd builds the command for manifest m.
+func NewBlobCmd(m *schema.Manifest) *BlobCmd {
+	b := schema.NewAttachBody("blob", m)
+	return &BlobCmd{Hash: b.Hash, Size: b.Size, Type: b.Type, Chunks: b.Chunks}
+}
+
+// Manifest parses and checks the command's manifest.
+func (b *BlobCmd) Manifest() (schema.Manifest, error) {
+	ab := schema.AttachBody{Name: "blob", Hash: b.Hash, Size: b.Size, Type: b.Type, Chunks: b.Chunks}
+	return ab.Manifest()
 }
 
 // Pusher is the certified identity that pushed a batch of ops. The FSM
@@ -95,6 +119,8 @@ func EncodeEntry(cmds []Command) ([]byte, error) {
 			payload, err = json.Marshal(c.Portal)
 		case KindRegister:
 			payload, err = json.Marshal(c.Register)
+		case KindBlob:
+			payload, err = json.Marshal(c.Blob)
 		case KindOps:
 			hdr, _ := json.Marshal(c.Pusher)
 			payload = binary.AppendUvarint(nil, uint64(len(hdr)))
@@ -158,6 +184,11 @@ func DecodeEntry(b []byte) ([]Command, error) {
 			c.Register = new(RegisterCmd)
 			if err := json.Unmarshal(payload, c.Register); err != nil {
 				return nil, fmt.Errorf("%w: register: %v", errBadEntry, err)
+			}
+		case KindBlob:
+			c.Blob = new(BlobCmd)
+			if err := json.Unmarshal(payload, c.Blob); err != nil {
+				return nil, fmt.Errorf("%w: blob: %v", errBadEntry, err)
 			}
 		case KindOps:
 			hl, k := binary.Uvarint(payload)

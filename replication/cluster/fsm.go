@@ -206,6 +206,8 @@ func (f *fsm) applyCommand(tx *store.Tx, dossiers map[string]*dossierWork, index
 		return Result{}, tx.PutOriginKey(r.Origin, store.OriginInfo{Key: r.Key, Wards: r.Wards})
 	case KindOps:
 		return f.applyOps(tx, dossiers, index, c)
+	case KindBlob:
+		return f.applyBlob(tx, dossiers, index, c.Blob)
 	}
 	return Result{Err: fmt.Sprintf("unknown command kind %d", c.Kind), Code: "invalid"}, nil
 }
@@ -380,6 +382,21 @@ func (f *fsm) applyOps(tx *store.Tx, dossiers map[string]*dossierWork, index uin
 				tx.SetTracker(op.Dossier, p.Wards[0])
 			}
 		}
+		if m, ok := store.AttachManifest(op); ok {
+			if _, stored, err := tx.BlobStored(m.Hash); err != nil {
+				return Result{}, err
+			} else if !stored {
+				// Metadata first: the op takes its place in the origin's
+				// log now, so the ward's later ops (a status change) are
+				// not held up behind a slow scan, but no replica folds it
+				// until its blob is on a majority (applyBlob).
+				if err := tx.HoldOp(op, m.Hash); err != nil {
+					return Result{}, err
+				}
+				res.Applied++
+				continue
+			}
+		}
 		if err := tx.PutRemoteOp(op, index); err != nil {
 			return Result{}, err
 		}
@@ -395,4 +412,33 @@ func (f *fsm) applyOps(tx *store.Tx, dossiers map[string]*dossierWork, index uin
 		res.HighWater = hw
 	}
 	return res, nil
+}
+
+// applyBlob records that a majority holds a blob and applies the attach
+// ops that were held for it, at this entry's index.
+func (f *fsm) applyBlob(tx *store.Tx, dossiers map[string]*dossierWork, index uint64, b *BlobCmd) (Result, error) {
+	m, err := b.Manifest()
+	if err != nil {
+		return Result{Err: err.Error(), Code: "invalid"}, nil
+	}
+	if _, ok, err := tx.BlobStored(m.Hash); err != nil {
+		return Result{}, err
+	} else if !ok {
+		if err := tx.PutBlobStored(&m); err != nil {
+			return Result{}, err
+		}
+	}
+	held, err := tx.ReleaseHeld(m.Hash, index)
+	if err != nil {
+		return Result{}, err
+	}
+	for i := range held {
+		w, err := work(tx, dossiers, held[i].Dossier)
+		if err != nil {
+			return Result{}, err
+		}
+		w.ops = append(w.ops, held[i])
+		w.changed = true
+	}
+	return Result{Applied: len(held)}, nil
 }

@@ -39,6 +39,9 @@ func (c *Cluster) Handler() http.Handler {
 	c.route(mux, "GET /v1/dossiers/{id}", c.handleGet, schema.PeerPortal, schema.PeerAdmin)
 	c.route(mux, "GET /v1/wards/{code}/dossiers", c.handleWardList, schema.PeerPortal, schema.PeerAdmin)
 	c.route(mux, "GET /v1/wards", c.handleWards, schema.PeerAdmin)
+	for _, r := range c.routes {
+		c.route(mux, r.pattern, r.h, r.roles...)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		httpjson.WriteError(w, r, fmt.Errorf("%w: no route %s %s", schema.ErrNotFound, r.Method, r.URL.Path), c.log)
 	})
@@ -46,6 +49,21 @@ func (c *Cluster) Handler() http.Handler {
 }
 
 type apiHandler func(w http.ResponseWriter, r *http.Request, who schema.PeerIdentity) error
+
+// APIHandler serves a city API route for a verified client certificate.
+type APIHandler = apiHandler
+
+type extraRoute struct {
+	pattern string
+	h       apiHandler
+	roles   []schema.PeerRole
+}
+
+// Route adds a route to the city API (for example the blob layer's), open
+// to client certificates of roles. Call before Handler.
+func (c *Cluster) Route(pattern string, h APIHandler, roles ...schema.PeerRole) {
+	c.routes = append(c.routes, extraRoute{pattern, h, roles})
+}
 
 // route requires a verified client certificate of one of roles.
 func (c *Cluster) route(mux *http.ServeMux, pattern string, h apiHandler, roles ...schema.PeerRole) {

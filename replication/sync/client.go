@@ -378,6 +378,17 @@ func (c *Client) applyPage(ctx context.Context, ops []schema.Op, cur, index uint
 	return n, err
 }
 
+// Unacked reports whether the node has ops the city has not acknowledged:
+// while it does, blob transfers yield to the push (metadata first).
+func (c *Client) Unacked() bool {
+	c.mu.Lock()
+	acked := c.acked
+	c.mu.Unlock()
+	var last uint64
+	c.cfg.Node.Store().View(func(tx *store.Tx) error { last, _ = tx.LastSeq(); return nil })
+	return last > acked
+}
+
 // Status reports the link for GET /v1/sync/status.
 func (c *Client) Status() Status {
 	c.mu.Lock()

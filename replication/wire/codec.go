@@ -183,3 +183,16 @@ func (d *decoder) done() {
 		d.failf("%d trailing bytes", len(d.b))
 	}
 }
+
+// hash reads a fixed 32-byte SHA-256.
+func (d *decoder) hash(dst *[32]byte, what string) {
+	if d.err != nil {
+		return
+	}
+	if len(d.b) < 32 {
+		d.failf("%s: %w", what, errShort)
+		return
+	}
+	copy(dst[:], d.b[:32])
+	d.b = d.b[32:]
+}

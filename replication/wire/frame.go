@@ -99,8 +99,13 @@ const (
 	TypeChangesPage Type = 0x22
 	TypeCursor      Type = 0x23
 
-	// 0x30–0x3f are reserved for issue 5's blob messages (manifest,
-	// have, want, chunk, chunk ack).
+	// Blob transfer: see blob.go.
+	TypeBlobOffer  Type = 0x30
+	TypeBlobWant   Type = 0x31
+	TypeBlobChunk  Type = 0x32
+	TypeBlobAck    Type = 0x33
+	TypeBlobGet    Type = 0x34
+	TypeBlobStored Type = 0x35
 )
 
 var typeNames = map[Type]string{
@@ -115,6 +120,12 @@ var typeNames = map[Type]string{
 	TypeChanges:       "Changes",
 	TypeChangesPage:   "ChangesPage",
 	TypeCursor:        "Cursor",
+	TypeBlobOffer:     "BlobOffer",
+	TypeBlobWant:      "BlobWant",
+	TypeBlobChunk:     "BlobChunk",
+	TypeBlobAck:       "BlobAck",
+	TypeBlobGet:       "BlobGet",
+	TypeBlobStored:    "BlobStored",
 }
 
 func (t Type) String() string {
@@ -148,6 +159,18 @@ func newMsg(t Type) Msg {
 		return new(ChangesPage)
 	case TypeCursor:
 		return new(Cursor)
+	case TypeBlobOffer:
+		return new(BlobOffer)
+	case TypeBlobWant:
+		return new(BlobWant)
+	case TypeBlobChunk:
+		return new(BlobChunk)
+	case TypeBlobAck:
+		return new(BlobAck)
+	case TypeBlobGet:
+		return new(BlobGet)
+	case TypeBlobStored:
+		return new(BlobStored)
 	}
 	return nil
 }

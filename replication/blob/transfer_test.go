@@ -1,0 +1,292 @@
+package blob
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wardsync/wardsync/node/blobstore"
+	"github.com/wardsync/wardsync/replication/wire"
+	"github.com/wardsync/wardsync/schema"
+)
+
+func openStore(t *testing.T) *blobstore.Store {
+	t.Helper()
+	s, err := blobstore.Open(blobstore.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// pdf returns a PDF-looking blob of n bytes.
+func pdf(t *testing.T, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	rand.Read(b)
+	copy(b, "%PDF-1.7\n")
+	return b
+}
+
+func importBlob(t *testing.T, s *blobstore.Store, data []byte) schema.Manifest {
+	t.Helper()
+	m, err := s.Import(context.Background(), bytes.NewReader(data), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// cutConn passes writes through until limit bytes have gone, then fails
+// every write and closes: the link cut at that byte.
+type cutConn struct {
+	net.Conn
+	left atomic.Int64
+}
+
+func (c *cutConn) Write(p []byte) (int, error) {
+	if c.left.Add(-int64(len(p))) < 0 {
+		c.Conn.Close()
+		return 0, io.ErrClosedPipe
+	}
+	return c.Conn.Write(p)
+}
+
+// transfer runs one send/receive over an in-memory pipe. cutAfter > 0 cuts
+// the sender's side after that many bytes. It returns how many chunks the
+// sender wrote and the receive error.
+func transfer(t *testing.T, src, dst *blobstore.Store, m *schema.Manifest, cutAfter int64) (int, error) {
+	t.Helper()
+	a, b := net.Pipe()
+	var w net.Conn = a
+	if cutAfter > 0 {
+		cc := &cutConn{Conn: a}
+		cc.left.Store(cutAfter)
+		w = cc
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	sent := 0
+	sendDone := make(chan error, 1)
+	go func() {
+		_, err := send(ctx, w, wire.NewReader(a, maxFrame), src, m, Options{Sent: func(int, int) { sent++ }})
+		a.Close()
+		sendDone <- err
+	}()
+	err := receive(ctx, b, wire.NewReader(b, maxFrame), dst, m, Options{}, nil)
+	b.Close()
+	<-sendDone
+	return sent, err
+}
+
+func blobBytes(t *testing.T, s *blobstore.Store, h [32]byte) []byte {
+	t.Helper()
+	r, err := s.Open(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestTransferMovesOnlyMissingChunks(t *testing.T) {
+	src, dst := openStore(t), openStore(t)
+	data := pdf(t, 5*schema.ChunkSize+123)
+	m := importBlob(t, src, data)
+	// The receiver already holds chunks 1 and 3 (dedupe across blobs).
+	for _, i := range []int{1, 3} {
+		c, _ := src.Chunk(m.Chunks[i])
+		if err := dst.PutChunk(m.Chunks[i], c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sent, err := transfer(t, src, dst, &m, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sent != 4 {
+		t.Fatalf("sent %d chunks, want the 4 the receiver lacked", sent)
+	}
+	if got := blobBytes(t, dst, m.Hash); sha256.Sum256(got) != m.Hash || !bytes.Equal(got, data) {
+		t.Fatal("received blob differs from the original")
+	}
+	// Again: nothing moves.
+	if sent, err = transfer(t, src, dst, &m, 0); err != nil || sent != 0 {
+		t.Fatalf("second transfer sent %d chunks (err %v), want 0", sent, err)
+	}
+}
+
+// TestTransferCutAtAnyByteResendsAtMostOneChunk cuts the link at many
+// points; each retry resumes at the first chunk the receiver lacks, so
+// across all the cuts at most one chunk per cut is sent twice.
+func TestTransferCutAtAnyByteResendsAtMostOneChunk(t *testing.T) {
+	src, dst := openStore(t), openStore(t)
+	data := pdf(t, 8*schema.ChunkSize+77)
+	m := importBlob(t, src, data)
+	total, cuts := 0, 0
+	for _, at := range []int64{1, 100, schema.ChunkSize / 2, schema.ChunkSize + 40, 3*schema.ChunkSize + 1, 2 * schema.ChunkSize} {
+		sent, err := transfer(t, src, dst, &m, at)
+		total += sent
+		if err == nil {
+			break
+		}
+		cuts++
+	}
+	sent, err := transfer(t, src, dst, &m, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total += sent
+	if cuts < 4 {
+		t.Fatalf("only %d of the cuts cut anything", cuts)
+	}
+	if extra := total - len(m.Chunks); extra < 0 || extra > cuts {
+		t.Fatalf("%d chunk writes for %d chunks over %d cuts: %d sent again, want at most %d", total, len(m.Chunks), cuts, extra, cuts)
+	}
+	if got := blobBytes(t, dst, m.Hash); !bytes.Equal(got, data) {
+		t.Fatal("received blob differs from the original")
+	}
+}
+
+// TestTransferRefusesBadChunkAndAsksAgain plays a sender that corrupts the
+// first copy of chunk 1: the receiver refuses it (stores nothing for it),
+// asks for it again, and stores the good copy.
+func TestTransferRefusesBadChunkAndAsksAgain(t *testing.T) {
+	src, dst := openStore(t), openStore(t)
+	data := pdf(t, 3*schema.ChunkSize)
+	m := importBlob(t, src, data)
+	a, b := net.Pipe()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	bad := 0
+	recvDone := make(chan error, 1)
+	go func() {
+		recvDone <- receive(ctx, b, wire.NewReader(b, maxFrame), dst, &m, Options{Bad: func(int) { bad++ }}, nil)
+		b.Close()
+	}()
+	r := wire.NewReader(a, maxFrame)
+	msg, err := r.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := msg.(*wire.BlobWant)
+	if len(want.Indexes) != 3 {
+		t.Fatalf("want %v, expected all 3 chunks", want.Indexes)
+	}
+	corrupted := false
+	for len(want.Indexes) > 0 {
+		i := want.Indexes[0]
+		want.Indexes = want.Indexes[1:]
+		c, _ := src.Chunk(m.Chunks[i])
+		if i == 1 && !corrupted {
+			c = bytes.Clone(c)
+			c[500] ^= 0xff
+			corrupted = true
+		}
+		if err := wire.WriteMsg(a, &wire.BlobChunk{Index: i, Data: c}); err != nil {
+			t.Fatal(err)
+		}
+		msg, err := r.Read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch x := msg.(type) {
+		case *wire.BlobAck:
+			if x.Index != i {
+				t.Fatalf("ack %d for chunk %d", x.Index, i)
+			}
+		case *wire.BlobWant:
+			if i != 1 || len(x.Indexes) != 1 || x.Indexes[0] != 1 {
+				t.Fatalf("unexpected re-want %v after chunk %d", x.Indexes, i)
+			}
+			if ok, _ := dst.HasChunk(m.Chunks[1]); ok {
+				t.Fatal("the corrupt chunk was stored")
+			}
+			want.Indexes = append(want.Indexes, 1)
+		default:
+			t.Fatalf("unexpected %T", msg)
+		}
+	}
+	msg, err = r.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, ok := msg.(*wire.BlobStored); !ok || st.Hash != m.Hash {
+		t.Fatalf("got %T, want BlobStored", msg)
+	}
+	if err := <-recvDone; err != nil {
+		t.Fatal(err)
+	}
+	if bad != 1 || !bytes.Equal(blobBytes(t, dst, m.Hash), data) {
+		t.Fatalf("bad chunks %d; blob intact %v", bad, bytes.Equal(blobBytes(t, dst, m.Hash), data))
+	}
+}
+
+// TestTransferGivesUpOnASenderThatKeepsSendingGarbage: after three corrupt
+// copies of one chunk the receiver refuses the sender with bad_signature.
+func TestTransferGivesUpOnASenderThatKeepsSendingGarbage(t *testing.T) {
+	dst := openStore(t)
+	m := schema.Manifest{Size: 10, Type: schema.TypePDF, Chunks: [][32]byte{sha256.Sum256([]byte("%PDF-1.7\n!"))}}
+	m.Hash = m.Chunks[0]
+	a, b := net.Pipe()
+	defer a.Close()
+	recvDone := make(chan error, 1)
+	go func() {
+		recvDone <- receive(context.Background(), b, wire.NewReader(b, maxFrame), dst, &m, Options{}, nil)
+		b.Close()
+	}()
+	r := wire.NewReader(a, maxFrame)
+	r.Read() // the want
+	var last wire.Msg
+	for range maxBadChunk {
+		wire.WriteMsg(a, &wire.BlobChunk{Index: 0, Data: []byte("%PDF-1.7\n?")})
+		last, _ = r.Read()
+	}
+	e, ok := last.(*wire.Error)
+	if !ok || e.Code != wire.CodeBadSignature {
+		t.Fatalf("after %d corrupt copies got %#v, want an Error bad_signature", maxBadChunk, last)
+	}
+	if err := <-recvDone; !errors.Is(err, schema.ErrBadSignature) {
+		t.Fatalf("receive: %v", err)
+	}
+	if st, _ := dst.Stats(); st.Chunks != 0 {
+		t.Fatalf("%d chunks stored from a lying sender", st.Chunks)
+	}
+}
+
+// TestTransferRefusesAChunkNotAskedFor: a sender may only send what was
+// wanted.
+func TestTransferRefusesAChunkNotAskedFor(t *testing.T) {
+	src, dst := openStore(t), openStore(t)
+	m := importBlob(t, src, pdf(t, 2*schema.ChunkSize))
+	c, _ := src.Chunk(m.Chunks[0])
+	dst.PutChunk(m.Chunks[0], c)
+	a, b := net.Pipe()
+	defer a.Close()
+	recvDone := make(chan error, 1)
+	go func() {
+		recvDone <- receive(context.Background(), b, wire.NewReader(b, maxFrame), dst, &m, Options{}, nil)
+		b.Close()
+	}()
+	r := wire.NewReader(a, maxFrame)
+	r.Read()
+	go wire.WriteMsg(a, &wire.BlobChunk{Index: 0, Data: c})
+	msg, _ := r.Read()
+	if e, ok := msg.(*wire.Error); !ok || e.Code != wire.CodeBadFrame {
+		t.Fatalf("got %#v, want an Error bad_frame", msg)
+	}
+	if err := <-recvDone; !errors.Is(err, schema.ErrInvalid) {
+		t.Fatalf("receive: %v", err)
+	}
+}
