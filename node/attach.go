@@ -292,6 +292,9 @@ func (n *Node) handleAttachments(w http.ResponseWriter, r *http.Request, _ store
 // handleDownload is GET /v1/dossiers/{id}/attachments/{hash}, with range
 // requests (a cut download resumes with Range and If-Range on the ETag).
 func (n *Node) handleDownload(w http.ResponseWriter, r *http.Request, _ store.Official) error {
+	// The server's WriteTimeout counts from the request; a download may
+	// first wait up to blobFetchTimeout for the city, then send the file.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(blobFetchTimeout + time.Minute))
 	a, rd, err := n.OpenAttachment(r.Context(), r.PathValue("id"), r.PathValue("hash"))
 	if err != nil {
 		return err

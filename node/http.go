@@ -101,6 +101,10 @@ func (s *statusRecorder) WriteHeader(code int) {
 	s.ResponseWriter.WriteHeader(code)
 }
 
+// Unwrap lets http.ResponseController reach the connection (a download
+// that waits for the city moves its write deadline).
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
 // instrument counts and times requests and turns a panic into a 500, so no
 // panic reaches a user or takes the node down.
 func (n *Node) instrument(route string, h http.Handler) http.Handler {

@@ -104,10 +104,12 @@ func (m *Manifest) HashHex() string { return hex.EncodeToString(m.Hash[:]) }
 func ParseHash(s string) ([32]byte, error) {
 	var h [32]byte
 	if len(s) != 64 {
-		return h, fieldErr("hash", "must be 64 hex digits")
+		return h, fieldErr("hash", "must be 64 lower-case hex digits")
 	}
-	if _, err := hex.Decode(h[:], []byte(s)); err != nil {
-		return h, fieldErr("hash", "must be 64 hex digits")
+	// Lower case only: one blob has one spelling, so comparing hashes as
+	// strings (the fold's dedupe, URLs, logs) is comparing blobs.
+	if _, err := hex.Decode(h[:], []byte(s)); err != nil || hex.EncodeToString(h[:]) != s {
+		return h, fieldErr("hash", "must be 64 lower-case hex digits")
 	}
 	return h, nil
 }

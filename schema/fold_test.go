@@ -405,7 +405,8 @@ func goldenOps() []Op {
 // TestStateHashWithoutAttachmentsUnchanged: replicas running the code from
 // before attachments and after must agree on the state hash of a dossier
 // that has none. The hash below was computed by the code before this
-// feature (commit HEAD at the time of writing) for goldenOps.
+// feature (commit c5c0b02, the parent of the attachments commit) for
+// goldenOps.
 func TestStateHashWithoutAttachmentsUnchanged(t *testing.T) {
 	const want = "ae366354c21ac5cdee018decbf5aadb1537456424f532fc96e7213e6ac5cd2e4"
 	d := Fold(goldenOps())

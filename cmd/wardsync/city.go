@@ -58,6 +58,7 @@ func cityCommand() *cli.Command {
 					integer("snapshot-threshold", "log entries between snapshots", "WARDSYNC_SNAPSHOT_THRESHOLD", 8192),
 					integer("trailing-logs", "log entries kept after a snapshot", "WARDSYNC_TRAILING_LOGS", 10240),
 					str("snapshot-interval", "how often to check whether to snapshot", "WARDSYNC_SNAPSHOT_INTERVAL", "2m"),
+					str("blob-repair-interval", "how often a member looks for stored attachments it lacks and fetches them from peers", "WARDSYNC_BLOB_REPAIR_INTERVAL", "30s"),
 					str("blob-gc-grace", "how long a blob no dossier refers to is kept before it is removed", "WARDSYNC_BLOB_GC_GRACE", "24h"),
 					proceduresFlag, wardsFlag, holidaysFlag, encKeyFlag, logLevelFlag, logFormatFlag},
 				Action: cityRun,
@@ -182,12 +183,16 @@ func cityRun(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	repairEvery, err := parseDuration(c, "blob-repair-interval")
+	if err != nil {
+		return err
+	}
 	bs, err := blobstore.Open(blobstore.Options{Dir: filepath.Join(c.String("data"), "blobs"), EncryptionKey: ncfg.EncryptionKey, Logger: log})
 	if err != nil {
 		return fmt.Errorf("--data %s: %w", c.String("data"), err)
 	}
 	defer bs.Close()
-	blobs := blob.NewCity(blob.CityConfig{Cluster: cl, Blobs: bs, Endpoint: ep, Logger: log, GCGrace: grace})
+	blobs := blob.NewCity(blob.CityConfig{Cluster: cl, Blobs: bs, Endpoint: ep, Logger: log, GCGrace: grace, RepairInterval: repairEvery})
 	defer blobs.Close()
 	ctx := c.Context
 	epDone := make(chan error, 1)

@@ -94,7 +94,7 @@ func (e *cityEnv) start(id string, extra ...string) *nodeProc {
 		"--quic", e.quic[id], "--http", "127.0.0.1:0", "--tls", filepath.Join(e.dir, "tls", id),
 		"--heartbeat-timeout", "400ms", "--election-timeout", "400ms",
 		"--snapshot-threshold", "40", "--trailing-logs", "10", "--snapshot-interval", "500ms",
-		"--log-level", "info"}, extra...)
+		"--blob-repair-interval", "2s", "--log-level", "info"}, extra...)
 	p := startNode(e.t, exec.Command(wardsyncBin(e.t), args...))
 	e.mu.Lock()
 	e.members[id] = p

@@ -1,10 +1,17 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -47,7 +54,24 @@ type dossier struct {
 		Official string `json:"official"`
 		Conflict bool   `json:"conflict"`
 	} `json:"history"`
-	Conflicts []json.RawMessage `json:"conflicts"`
+	Conflicts   []json.RawMessage `json:"conflicts"`
+	Attachments []attachment      `json:"attachments"`
+}
+
+// attachment mirrors the API's attachment JSON.
+type attachment struct {
+	Op   string `json:"op"`
+	Name string `json:"name"`
+	Hash string `json:"hash"`
+	Size int64  `json:"size"`
+	Type string `json:"type"`
+	By   struct {
+		ID   string `json:"id"`
+		Name string `json:"name"`
+	} `json:"by"`
+	At       string `json:"at"`
+	Here     *bool  `json:"here"`
+	Uploaded *bool  `json:"uploaded"`
 }
 
 func dossierCommand() *cli.Command {
@@ -143,6 +167,27 @@ func dossierCommand() *cli.Command {
 						map[string]string{"text": c.String("text")})
 				},
 			}),
+			withConfig(&cli.Command{
+				Name: "attach", Usage: "attach a scanned document (PDF, JPEG, PNG or TIFF) to a dossier", ArgsUsage: "ID FILE",
+				Flags:  clientFlags(str("name", "file `NAME` the attachment shows (default: FILE's base name)", "WARDSYNC_ATTACH_NAME", "")),
+				Action: dossierAttach,
+			}),
+			withConfig(&cli.Command{
+				Name: "attachments", Usage: "list a dossier's attachments", ArgsUsage: "ID",
+				Flags: clientFlags(),
+				Action: func(c *cli.Context) error {
+					id, err := oneArg(c, "ID")
+					if err != nil {
+						return err
+					}
+					return dossierAttachments(c, id)
+				},
+			}),
+			withConfig(&cli.Command{
+				Name: "download", Usage: "download an attachment and check its SHA-256", ArgsUsage: "ID HASH",
+				Flags:  clientFlags(reqStr("out", "`FILE` to write (written as FILE.part, renamed once verified)", "WARDSYNC_DOWNLOAD_OUT")),
+				Action: dossierDownload,
+			}),
 		},
 	}
 }
@@ -209,6 +254,10 @@ func printDossier(w io.Writer, d *dossier) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.At, e.Actor.Name, what, detail)
 	}
 	tw.Flush()
+	if len(d.Attachments) > 0 {
+		fmt.Fprintln(w, "\nAttachments:")
+		printAttachments(w, d.Attachments)
+	}
 }
 
 func dossierList(c *cli.Context) error {
@@ -265,4 +314,219 @@ func printJSON(w io.Writer, raw json.RawMessage) error {
 	enc.SetIndent("", "  ")
 	enc.SetEscapeHTML(false)
 	return enc.Encode(v)
+}
+
+// args returns the command's positional arguments, which must be names.
+func args(c *cli.Context, names ...string) ([]string, error) {
+	if c.NArg() != len(names) {
+		return nil, fmt.Errorf("expected %d arguments, %s (got %d)", len(names), strings.Join(names, " "), c.NArg())
+	}
+	return c.Args().Slice(), nil
+}
+
+// dossierAttach streams FILE to the node as an attachment of dossier ID.
+func dossierAttach(c *cli.Context) error {
+	a, err := args(c, "ID", "FILE")
+	if err != nil {
+		return err
+	}
+	id, path := a[0], a[1]
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("FILE %s: %w", path, pathReason(err))
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("FILE %s: %w", path, pathReason(err))
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("FILE %s: not a regular file", path)
+	}
+	if st.Size() == 0 {
+		return fmt.Errorf("FILE %s: the file is empty", path)
+	}
+	name := c.String("name")
+	if name == "" {
+		name = filepath.Base(path)
+	}
+	cl, err := newClient(c)
+	if err != nil {
+		return err
+	}
+	var raw json.RawMessage
+	status, err := uploadFile(cl, "/v1/dossiers/"+url.PathEscape(id)+"/attachments", url.Values{"name": {name}}, f, st.Size(), &raw)
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, raw)
+	}
+	var at attachment
+	if err := json.Unmarshal(raw, &at); err != nil {
+		return err
+	}
+	if status == http.StatusCreated {
+		fmt.Fprintf(c.App.Writer, "Attached %s to dossier %s:\n", path, id)
+	} else {
+		fmt.Fprintf(c.App.Writer, "Dossier %s already has this content (nothing new stored):\n", id)
+	}
+	printAttachments(c.App.Writer, []attachment{at})
+	return nil
+}
+
+// pathReason is an os error without the path, which the caller names.
+func pathReason(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// uploadFile POSTs size bytes of body as a raw request body and decodes
+// the JSON answer into out. It has no overall timeout: a large scan on a
+// slow LAN takes what it takes (the node bounds it).
+func uploadFile(cl *client, path string, query url.Values, body io.Reader, size int64, out any) (int, error) {
+	u := *cl.base
+	u.Path = strings.TrimSuffix(u.Path, "/") + path
+	u.RawQuery = query.Encode()
+	req, err := http.NewRequest("POST", u.String(), body)
+	if err != nil {
+		return 0, err
+	}
+	req.ContentLength = size
+	req.Header.Set("Authorization", "Bearer "+cl.token)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	hc := *cl.http
+	hc.Timeout = 0
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("cannot reach the node at %s: %w", cl.base, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return resp.StatusCode, err
+	}
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Error apiErr `json:"error"`
+		}
+		if json.Unmarshal(data, &e) != nil || e.Error.Message == "" {
+			return resp.StatusCode, fmt.Errorf("node answered HTTP %d: %.200s", resp.StatusCode, data)
+		}
+		e.Error.Status = resp.StatusCode
+		return resp.StatusCode, &e.Error
+	}
+	return resp.StatusCode, json.Unmarshal(data, out)
+}
+
+func dossierAttachments(c *cli.Context, id string) error {
+	cl, err := newClient(c)
+	if err != nil {
+		return err
+	}
+	var raw json.RawMessage
+	if err := cl.do("GET", "/v1/dossiers/"+url.PathEscape(id)+"/attachments", nil, nil, &raw); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, raw)
+	}
+	var l struct {
+		Items []attachment `json:"items"`
+	}
+	if err := json.Unmarshal(raw, &l); err != nil {
+		return err
+	}
+	if len(l.Items) == 0 {
+		fmt.Fprintf(c.App.Writer, "Dossier %s has no attachments.\n", id)
+		return nil
+	}
+	printAttachments(c.App.Writer, l.Items)
+	return nil
+}
+
+func printAttachments(w io.Writer, items []attachment) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HASH\tNAME\tTYPE\tSIZE\tBY\tAT\tHERE\tUPLOADED")
+	for _, a := range items {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Hash, a.Name, a.Type, humanSize(a.Size), a.By.Name, a.At, yesNo(a.Here), yesNo(a.Uploaded))
+	}
+	tw.Flush()
+}
+
+func yesNo(b *bool) string {
+	switch {
+	case b == nil:
+		return "-"
+	case *b:
+		return "yes"
+	}
+	return "no"
+}
+
+func humanSize(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// dossierDownload writes an attachment to --out: to FILE.part first,
+// renamed only once its SHA-256 is the HASH asked for.
+func dossierDownload(c *cli.Context) error {
+	a, err := args(c, "ID", "HASH")
+	if err != nil {
+		return err
+	}
+	id, hash := a[0], strings.ToLower(a[1])
+	if _, err := hex.DecodeString(hash); err != nil || len(hash) != 64 {
+		return fmt.Errorf("HASH %q: must be the attachment's SHA-256, 64 hex digits (see `wardsync dossier attachments ID`)", a[1])
+	}
+	cl, err := newClient(c)
+	if err != nil {
+		return err
+	}
+	out := c.String("out")
+	part := out + ".part"
+	f, err := os.OpenFile(part, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("--out: %w", err)
+	}
+	kept := false
+	defer func() {
+		if !kept {
+			f.Close()
+			os.Remove(part)
+		}
+	}()
+	sum := sha256.New()
+	n, err := cl.download("/v1/dossiers/"+url.PathEscape(id)+"/attachments/"+hash, io.MultiWriter(f, sum))
+	if err != nil {
+		return fmt.Errorf("download: %w", err)
+	}
+	if got := hex.EncodeToString(sum.Sum(nil)); got != hash {
+		return fmt.Errorf("download: the %d bytes received have SHA-256 %s, not %s; nothing was kept, try again", n, got, hash)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("--out: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("--out: %w", err)
+	}
+	if err := os.Rename(part, out); err != nil {
+		return fmt.Errorf("--out: %w", err)
+	}
+	kept = true
+	if c.Bool("json") {
+		b, _ := json.Marshal(map[string]any{"file": out, "hash": hash, "size": n})
+		return printJSON(c.App.Writer, b)
+	}
+	fmt.Fprintf(c.App.Writer, "Downloaded %s: %d bytes, SHA-256 %s verified\n", out, n, hash)
+	return nil
 }

@@ -40,6 +40,7 @@ func wardCommand() *cli.Command {
 					str("city", "city members' QUIC `ADDR,...` to sync with (none: offline only)", "WARDSYNC_CITY_QUIC", ""),
 					str("tls", "`DIR` with the ward certificate (ca.crt, node.crt, node.key); needed with --city", "WARDSYNC_TLS", ""),
 					str("quic", "local UDP `ADDR` to sync from", "WARDSYNC_QUIC", "0.0.0.0:0"),
+					integer("max-attachment", "largest attachment upload, in `BYTES`", "WARDSYNC_MAX_ATTACHMENT", node.DefaultMaxAttachmentBytes),
 					str("link-timeout", "how long a silent link to the city is given before the ward declares it dead and reconnects", "WARDSYNC_LINK_TIMEOUT", "8s"),
 					integer("blob-bandwidth", "cap on this ward's attachment traffic to and from the city, in `BYTES` per second (0: none)", "WARDSYNC_BLOB_BANDWIDTH", 0),
 					proceduresFlag, wardsFlag, holidaysFlag, encKeyFlag, logLevelFlag, logFormatFlag},
@@ -140,6 +141,13 @@ func nodeConfig(c *cli.Context) (node.Config, error) {
 		if err := load("wards", func(b []byte) (err error) { cfg.Wards, err = schema.ParseWards(b); return }); err != nil {
 			return cfg, err
 		}
+	}
+	if has("max-attachment") {
+		v := c.Int("max-attachment")
+		if v <= 0 || v > schema.MaxBlobSize {
+			return cfg, fmt.Errorf("--max-attachment %d: must be from 1 to %d bytes", v, schema.MaxBlobSize)
+		}
+		cfg.MaxAttachmentBytes = int64(v)
 	}
 	if has("holidays") {
 		if err := load("holidays", func(b []byte) (err error) { cfg.Calendar, err = schema.ParseCalendar(b); return }); err != nil {

@@ -101,6 +101,8 @@ type GCReport struct {
 // older than grace (an upload in progress, or one whose op has not arrived
 // yet, is left alone), then every chunk no remaining manifest lists.
 func (s *Store) GC(ctx context.Context, keep func(h [32]byte) (bool, error), grace time.Duration) (GCReport, error) {
+	s.gcMu.Lock()
+	defer s.gcMu.Unlock()
 	var rep GCReport
 	cutoff := s.now().Add(-grace)
 	var drop [][32]byte
@@ -156,9 +158,8 @@ func (s *Store) GC(ctx context.Context, keep func(h [32]byte) (bool, error), gra
 	if err != nil {
 		return rep, err
 	}
-	// A chunk may be an in-flight transfer's whose manifest is not written
-	// yet; transfers write the manifest first, so only chunks older than
-	// the grace are at risk, and the grace covers them.
+	// Writers write a blob's manifest before its chunks and GC holds gcMu
+	// throughout, so an orphan here is listed by no manifest, young or old.
 	for i, h := range orphans {
 		if err := s.deleteChunk(h); err != nil {
 			return rep, err

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -59,6 +60,10 @@ type Store struct {
 	quit chan struct{}
 	wg   sync.WaitGroup
 	once sync.Once
+	// gcMu keeps GC out while chunks and manifests are written: GC holds
+	// it for writing from its first read to its last delete, so it never
+	// deletes a chunk that a manifest written meanwhile lists.
+	gcMu sync.RWMutex
 }
 
 // Open opens (creating if needed) the blob store in o.Dir.
@@ -147,6 +152,12 @@ func (s *Store) Sync() error { return s.db.Sync() }
 // PutChunk stores a chunk after checking that data hashes to h. A chunk
 // already held is not written again.
 func (s *Store) PutChunk(h [32]byte, data []byte) error {
+	s.gcMu.RLock()
+	defer s.gcMu.RUnlock()
+	return s.putChunk(h, data)
+}
+
+func (s *Store) putChunk(h [32]byte, data []byte) error {
 	if sha256.Sum256(data) != h {
 		return ErrBadChunk
 	}
@@ -236,6 +247,12 @@ func decodeManifest(h [32]byte, b []byte) (schema.Manifest, int64, error) {
 // PutManifest records a blob's manifest (once: a manifest already held
 // keeps its creation time, which the grace period of GC counts from).
 func (s *Store) PutManifest(m *schema.Manifest) error {
+	s.gcMu.RLock()
+	defer s.gcMu.RUnlock()
+	return s.putManifest(m)
+}
+
+func (s *Store) putManifest(m *schema.Manifest) error {
 	if err := m.Validate(); err != nil {
 		return err
 	}
@@ -301,67 +318,94 @@ func (s *Store) Complete(h [32]byte) (bool, error) {
 // Import reads a whole upload, at most max bytes, and stores it as a blob.
 // The content type is sniffed from the first bytes (ErrUnsupportedType if
 // it is not an allowed one, before the rest is read). Nothing is stored
-// unless the whole upload arrived: it is staged in a file first, so a
-// truncated or oversized upload leaves no chunk behind. The blob is synced
-// before Import returns.
+// unless the whole upload arrived: only io.EOF from r ends it; any other
+// error (io.ErrUnexpectedEOF is what net/http returns for a body cut short
+// of its Content-Length) refuses it. The upload is staged in a file first,
+// so a truncated or oversized upload leaves no chunk behind. The blob is
+// synced before Import returns.
 func (s *Store) Import(ctx context.Context, r io.Reader, max int64) (schema.Manifest, error) {
 	if max <= 0 || max > schema.MaxBlobSize {
 		max = schema.MaxBlobSize
 	}
-	head := make([]byte, schema.SniffLen)
-	n, err := io.ReadFull(r, head)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return schema.Manifest{}, err
+	buf := make([]byte, schema.ChunkSize)
+	// fill reads into buf[from:] until it is full or r ends; eof reports
+	// a clean end.
+	fill := func(from int) (n int, eof bool, err error) {
+		n = from
+		for n < len(buf) {
+			k, err := r.Read(buf[n:])
+			n += k
+			if errors.Is(err, io.EOF) {
+				return n, true, nil
+			}
+			if err != nil {
+				return n, false, err
+			}
+		}
+		return n, false, nil
 	}
-	head = head[:n]
+	cut := func(got int64, err error) error {
+		var tooBig interface{ Error() string }
+		if errors.As(err, &tooBig) && strings.Contains(err.Error(), "request body too large") {
+			return fmt.Errorf("%w: the upload is over %d bytes: %w", schema.ErrTooLarge, max, err)
+		}
+		// A body that ends before its Content-Length says, or a client
+		// that went away: incomplete, and nothing is kept.
+		return fmt.Errorf("%w: the upload was cut short after %d bytes, nothing was stored: %w", schema.ErrInvalid, got, err)
+	}
+	n, eof, err := fill(0)
+	if err != nil && n < schema.SniffLen {
+		return schema.Manifest{}, cut(int64(n), err)
+	}
 	if n == 0 {
 		return schema.Manifest{}, &schema.FieldError{Field: "body", Reason: "the upload is empty"}
 	}
-	m := schema.Manifest{Type: schema.SniffType(head)}
+	m := schema.Manifest{Type: schema.SniffType(buf[:min(n, schema.SniffLen)])}
 	if m.Type == "" {
 		return schema.Manifest{}, fmt.Errorf("%w: the content is none of PDF, JPEG, PNG or TIFF (whatever its name or Content-Type says)", ErrUnsupportedType)
 	}
-	tmp, err := os.CreateTemp(filepath.Join(s.dir, "incoming"), "upload-*")
-	if err != nil {
-		return schema.Manifest{}, fmt.Errorf("blobstore: staging file: %w", err)
+	tmp, terr := os.CreateTemp(filepath.Join(s.dir, "incoming"), "upload-*")
+	if terr != nil {
+		return schema.Manifest{}, fmt.Errorf("blobstore: staging file: %w", terr)
 	}
 	defer func() {
 		tmp.Close()
 		os.Remove(tmp.Name())
 	}()
 	whole := sha256.New()
-	buf := make([]byte, schema.ChunkSize)
-	copy(buf, head)
-	fill := n
 	for {
-		if err := ctx.Err(); err != nil {
-			return schema.Manifest{}, err
+		if err != nil {
+			return schema.Manifest{}, cut(m.Size+int64(n), err)
 		}
-		k, rerr := io.ReadFull(r, buf[fill:])
-		fill += k
-		if fill > 0 && (rerr == nil || errors.Is(rerr, io.ErrUnexpectedEOF) || errors.Is(rerr, io.EOF)) {
-			if m.Size+int64(fill) > max {
+		if cerr := ctx.Err(); cerr != nil {
+			return schema.Manifest{}, cerr
+		}
+		if n > 0 {
+			if m.Size+int64(n) > max {
 				return schema.Manifest{}, fmt.Errorf("%w: the upload is over %d bytes", schema.ErrTooLarge, max)
 			}
-			if _, err := tmp.Write(buf[:fill]); err != nil {
-				return schema.Manifest{}, fmt.Errorf("blobstore: staging file: %w", err)
+			if _, werr := tmp.Write(buf[:n]); werr != nil {
+				return schema.Manifest{}, fmt.Errorf("blobstore: staging file: %w", werr)
 			}
-			whole.Write(buf[:fill])
-			m.Chunks = append(m.Chunks, sha256.Sum256(buf[:fill]))
-			m.Size += int64(fill)
-			fill = 0
+			whole.Write(buf[:n])
+			m.Chunks = append(m.Chunks, sha256.Sum256(buf[:n]))
+			m.Size += int64(n)
 		}
-		if rerr != nil {
-			if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
-				break
-			}
-			// A body that ends before its Content-Length says, or a client
-			// that went away: the upload is incomplete and nothing is kept.
-			return schema.Manifest{}, fmt.Errorf("%w: the upload was cut short after %d bytes: %v", schema.ErrInvalid, m.Size, rerr)
+		if eof {
+			break
 		}
+		n, eof, err = fill(0)
 	}
 	copy(m.Hash[:], whole.Sum(nil))
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return schema.Manifest{}, err
+	}
+	// GC must not run between the manifest and its chunks.
+	s.gcMu.RLock()
+	defer s.gcMu.RUnlock()
+	// The manifest first, so that at every moment each stored chunk is
+	// listed by a manifest that GC's grace period protects.
+	if err := s.putManifest(&m); err != nil {
 		return schema.Manifest{}, err
 	}
 	for i, h := range m.Chunks {
@@ -369,12 +413,9 @@ func (s *Store) Import(ctx context.Context, r io.Reader, max int64) (schema.Mani
 		if _, err := io.ReadFull(tmp, part); err != nil {
 			return schema.Manifest{}, fmt.Errorf("blobstore: staging file: %w", err)
 		}
-		if err := s.PutChunk(h, part); err != nil {
+		if err := s.putChunk(h, part); err != nil {
 			return schema.Manifest{}, err
 		}
-	}
-	if err := s.PutManifest(&m); err != nil {
-		return schema.Manifest{}, err
 	}
 	return m, s.Sync()
 }

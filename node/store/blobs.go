@@ -61,6 +61,9 @@ func (tx *Tx) BlobReferenced(h [32]byte) (bool, error) {
 // blobList reads up to limit hashes of a family keyed by hash alone.
 func (tx *Tx) blobList(prefix []byte, limit int) ([][32]byte, error) {
 	var out [][32]byte
+	if limit <= 0 {
+		return nil, nil
+	}
 	err := tx.scan(prefix, nil, false, false, func(k, _ []byte) (bool, error) {
 		if len(k) != len(prefix)+32 {
 			return false, fmt.Errorf("store: bad blob key %q", k)
@@ -164,10 +167,19 @@ func (tx *Tx) HoldOp(op *schema.Op, blob [32]byte) error {
 }
 
 // ReleaseHeld returns the ops held for blob h and files each under its
-// dossier and its ward's change index at Raft index.
-func (tx *Tx) ReleaseHeld(h [32]byte, index uint64) ([]schema.Op, error) {
+// dossier and its ward's change index at Raft index. staged are ops held
+// earlier in this same write, which a scan of the store cannot see yet.
+func (tx *Tx) ReleaseHeld(h [32]byte, index uint64, staged []schema.Op) ([]schema.Op, error) {
 	var out []schema.Op
 	var keys [][]byte
+	seen := map[schema.OpID]bool{}
+	for _, op := range staged {
+		if !seen[op.ID] {
+			seen[op.ID] = true
+			out = append(out, op)
+			keys = append(keys, heldKey(h, op.ID))
+		}
+	}
 	err := tx.scan(heldPrefix(h), nil, false, true, func(k, ref []byte) (bool, error) {
 		b, ok, err := tx.get(ref)
 		if err != nil || !ok {
@@ -177,8 +189,11 @@ func (tx *Tx) ReleaseHeld(h [32]byte, index uint64) ([]schema.Op, error) {
 		if err != nil {
 			return false, err
 		}
-		out = append(out, op)
-		keys = append(keys, k)
+		if !seen[op.ID] {
+			seen[op.ID] = true
+			out = append(out, op)
+			keys = append(keys, k)
+		}
 		return true, nil
 	})
 	if err != nil {

@@ -467,9 +467,12 @@ func (c *City) fetch(ctx context.Context, m *schema.Manifest) error {
 // repairPass fetches every stored, referenced blob this member lacks.
 func (c *City) repairPass(ctx context.Context) {
 	var todo []schema.Manifest
+	stored := 0
 	err := c.c.Store().View(func(tx *store.Tx) error {
 		return tx.StoredBlobs(func(m *schema.Manifest) error {
-			if ref, err := tx.BlobReferenced(m.Hash); err != nil || !ref {
+			stored++
+			ref, err := tx.BlobReferenced(m.Hash)
+			if err != nil || !ref {
 				return err
 			}
 			missing, err := c.bs.Missing(m)
@@ -488,6 +491,7 @@ func (c *City) repairPass(ctx context.Context) {
 		c.log.Error("blob repair: cannot list stored blobs", "err", err)
 		return
 	}
+	c.log.Debug("blob repair pass", "stored", stored, "missing_here", len(todo))
 	for i := range todo {
 		if ctx.Err() != nil {
 			return
@@ -608,9 +612,15 @@ func (c *City) handleGet(w http.ResponseWriter, r *http.Request, _ schema.PeerId
 	if err != nil {
 		return err
 	}
+	// ?here=true answers only from this member's own disk (404 if it
+	// lacks the blob): how city IT checks where copies are.
+	here := r.URL.Query().Get("here")
+	if here != "" && here != "true" && here != "false" {
+		return &schema.FieldError{Field: "here", Reason: "must be true or false"}
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
 	defer cancel()
-	m, err := c.local(ctx, h, true)
+	m, err := c.local(ctx, h, here != "true")
 	if err != nil {
 		return err
 	}

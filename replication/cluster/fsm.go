@@ -81,6 +81,10 @@ func (f *fsm) applyChunk(logs []*raft.Log, out []interface{}, touched map[string
 			return err
 		}
 		dossiers := map[string]*dossierWork{}
+		// Attach ops held in this very write: a scan of the store does not
+		// see them yet, so the blob command that releases them (perhaps in
+		// the same batch, as when a member catches up) finds them here.
+		held := map[[32]byte][]schema.Op{}
 		for i, l := range logs {
 			if l.Type != raft.LogCommand || l.Index <= applied {
 				out[i] = &entryResult{}
@@ -94,7 +98,7 @@ func (f *fsm) applyChunk(logs []*raft.Log, out []interface{}, touched map[string
 			}
 			res := &entryResult{Results: make([]Result, len(cmds))}
 			for j := range cmds {
-				r, err := f.applyCommand(tx, dossiers, l.Index, &cmds[j])
+				r, err := f.applyCommand(tx, dossiers, held, l.Index, &cmds[j])
 				if err != nil {
 					return err // storage error: the FSM cannot go on
 				}
@@ -177,7 +181,7 @@ func work(tx *store.Tx, dossiers map[string]*dossierWork, id string) (*dossierWo
 	return w, nil
 }
 
-func (f *fsm) applyCommand(tx *store.Tx, dossiers map[string]*dossierWork, index uint64, c *Command) (Result, error) {
+func (f *fsm) applyCommand(tx *store.Tx, dossiers map[string]*dossierWork, held map[[32]byte][]schema.Op, index uint64, c *Command) (Result, error) {
 	switch c.Kind {
 	case KindInit:
 		if _, err := tx.Identity(); err == nil {
@@ -205,9 +209,9 @@ func (f *fsm) applyCommand(tx *store.Tx, dossiers map[string]*dossierWork, index
 		}
 		return Result{}, tx.PutOriginKey(r.Origin, store.OriginInfo{Key: r.Key, Wards: r.Wards})
 	case KindOps:
-		return f.applyOps(tx, dossiers, index, c)
+		return f.applyOps(tx, dossiers, held, index, c)
 	case KindBlob:
-		return f.applyBlob(tx, dossiers, index, c.Blob)
+		return f.applyBlob(tx, dossiers, held, index, c.Blob)
 	}
 	return Result{Err: fmt.Sprintf("unknown command kind %d", c.Kind), Code: "invalid"}, nil
 }
@@ -309,7 +313,7 @@ func (s *fsmSnapshot) Release() { s.sn.Release() }
 // dossier then gets the pusher's ward as tracker. At the first refused op
 // the rest of the command is refused too (it would leave a gap), and the
 // result names the op and the reason; what came before it stays.
-func (f *fsm) applyOps(tx *store.Tx, dossiers map[string]*dossierWork, index uint64, c *Command) (Result, error) {
+func (f *fsm) applyOps(tx *store.Tx, dossiers map[string]*dossierWork, held map[[32]byte][]schema.Op, index uint64, c *Command) (Result, error) {
 	res := Result{}
 	refuse := func(op *schema.Op, code, format string, args ...any) (Result, error) {
 		res.Code, res.Refused = code, op.ID.String()
@@ -393,6 +397,7 @@ func (f *fsm) applyOps(tx *store.Tx, dossiers map[string]*dossierWork, index uin
 				if err := tx.HoldOp(op, m.Hash); err != nil {
 					return Result{}, err
 				}
+				held[m.Hash] = append(held[m.Hash], *op)
 				res.Applied++
 				continue
 			}
@@ -416,7 +421,7 @@ func (f *fsm) applyOps(tx *store.Tx, dossiers map[string]*dossierWork, index uin
 
 // applyBlob records that a majority holds a blob and applies the attach
 // ops that were held for it, at this entry's index.
-func (f *fsm) applyBlob(tx *store.Tx, dossiers map[string]*dossierWork, index uint64, b *BlobCmd) (Result, error) {
+func (f *fsm) applyBlob(tx *store.Tx, dossiers map[string]*dossierWork, held map[[32]byte][]schema.Op, index uint64, b *BlobCmd) (Result, error) {
 	m, err := b.Manifest()
 	if err != nil {
 		return Result{Err: err.Error(), Code: "invalid"}, nil
@@ -428,17 +433,18 @@ func (f *fsm) applyBlob(tx *store.Tx, dossiers map[string]*dossierWork, index ui
 			return Result{}, err
 		}
 	}
-	held, err := tx.ReleaseHeld(m.Hash, index)
+	released, err := tx.ReleaseHeld(m.Hash, index, held[m.Hash])
 	if err != nil {
 		return Result{}, err
 	}
-	for i := range held {
-		w, err := work(tx, dossiers, held[i].Dossier)
+	delete(held, m.Hash)
+	for i := range released {
+		w, err := work(tx, dossiers, released[i].Dossier)
 		if err != nil {
 			return Result{}, err
 		}
-		w.ops = append(w.ops, held[i])
+		w.ops = append(w.ops, released[i])
 		w.changed = true
 	}
-	return Result{Applied: len(held)}, nil
+	return Result{Applied: len(released)}, nil
 }

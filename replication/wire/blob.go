@@ -37,6 +37,10 @@ func (m *BlobOffer) appendPayload(e *encoder) {
 		e.fail(fmt.Errorf("%d chunks, limit %d: %w", len(m.Manifest.Chunks), MaxChunkIndexes, schema.ErrTooLarge))
 		return
 	}
+	if m.Manifest.Size < 0 || m.Manifest.Size > schema.MaxBlobSize {
+		e.fail(fmt.Errorf("size %d out of range: %w", m.Manifest.Size, schema.ErrTooLarge))
+		return
+	}
 	e.raw(m.Manifest.Hash[:])
 	e.uvarint(uint64(m.Manifest.Size))
 	e.string(m.Manifest.Type, MaxName, "type")
@@ -84,6 +88,10 @@ func (m *BlobWant) appendPayload(e *encoder) {
 	e.raw(m.Hash[:])
 	e.uvarint(uint64(len(m.Indexes)))
 	for i, x := range m.Indexes {
+		if x >= MaxChunkIndexes {
+			e.fail(fmt.Errorf("chunk index %d out of range: %w", x, schema.ErrInvalid))
+			return
+		}
 		if i > 0 && x <= m.Indexes[i-1] {
 			e.fail(fmt.Errorf("chunk indexes must increase: %w", schema.ErrInvalid))
 			return
@@ -120,6 +128,10 @@ type BlobChunk struct {
 func (*BlobChunk) Type() Type { return TypeBlobChunk }
 
 func (m *BlobChunk) appendPayload(e *encoder) {
+	if m.Index >= MaxChunkIndexes {
+		e.fail(fmt.Errorf("chunk index %d out of range: %w", m.Index, schema.ErrInvalid))
+		return
+	}
 	if len(m.Data) > schema.ChunkSize {
 		e.fail(fmt.Errorf("chunk of %d bytes, limit %d: %w", len(m.Data), schema.ChunkSize, schema.ErrTooLarge))
 		return
@@ -147,7 +159,13 @@ type BlobAck struct {
 
 func (*BlobAck) Type() Type { return TypeBlobAck }
 
-func (m *BlobAck) appendPayload(e *encoder) { e.uvarint(uint64(m.Index)) }
+func (m *BlobAck) appendPayload(e *encoder) {
+	if m.Index >= MaxChunkIndexes {
+		e.fail(fmt.Errorf("chunk index %d out of range: %w", m.Index, schema.ErrInvalid))
+		return
+	}
+	e.uvarint(uint64(m.Index))
+}
 
 func (m *BlobAck) decodePayload(d *decoder) {
 	x := d.uvarint("index")
@@ -183,6 +201,10 @@ type BlobStored struct {
 func (*BlobStored) Type() Type { return TypeBlobStored }
 
 func (m *BlobStored) appendPayload(e *encoder) {
+	if m.Holders > 1<<16 {
+		e.fail(fmt.Errorf("holders %d out of range: %w", m.Holders, schema.ErrInvalid))
+		return
+	}
 	e.raw(m.Hash[:])
 	e.uvarint(uint64(m.Holders))
 }

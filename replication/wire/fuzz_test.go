@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"reflect"
 	"testing"
+
+	"github.com/wardsync/wardsync/schema"
 )
 
 // FuzzReadMsg feeds arbitrary bytes to Reader.Read: nothing panics, and
@@ -78,4 +80,34 @@ func checkReencode(t *testing.T, m Msg) {
 	if b2, _ := AppendFrame(nil, again); !bytes.Equal(b, b2) {
 		t.Fatalf("%v encoding is not deterministic", m.Type())
 	}
+}
+
+// FuzzBlobOffer feeds arbitrary BlobOffer payloads to the decoder: nothing
+// panics or allocates for hashes that are not there, and whatever decodes
+// re-encodes to the same message and bytes.
+func FuzzBlobOffer(f *testing.F) {
+	for _, m := range []*BlobOffer{
+		{},
+		{Manifest: testManifest(1, "image/png")},
+		{Manifest: testManifest(3<<20+17, "application/pdf")},
+		{Manifest: testManifest(64<<20, "image/tiff")},
+	} {
+		f.Add(mustFrame(f, m)[HeaderSize:])
+	}
+	f.Add(make([]byte, 32))
+	f.Add(append(make([]byte, 32), 0x80, 0x80, 0x80, 0x80, 0x04, 0, 0x88, 0x08))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		m, err := decodeMsg(TypeBlobOffer, payload, DefaultMaxFrame)
+		if err != nil {
+			return
+		}
+		o := m.(*BlobOffer)
+		if o.Manifest.Size < 0 || o.Manifest.Size > schema.MaxBlobSize || len(o.Manifest.Chunks) > MaxChunkIndexes {
+			t.Fatalf("decoded an offer out of bounds: size %d, %d chunks", o.Manifest.Size, len(o.Manifest.Chunks))
+		}
+		checkReencode(t, m)
+		if b := mustFrame(t, m); !bytes.Equal(b[HeaderSize:], payload) {
+			t.Fatalf("accepted payload is not canonical:\n%x\n%x", payload, b[HeaderSize:])
+		}
+	})
 }

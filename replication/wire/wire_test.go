@@ -87,6 +87,18 @@ func sampleMsgs() []struct {
 		{"op batch one", &OpBatch{Ops: testOps(1, 100, true)}},
 		{"op batch compressible", &OpBatch{Ops: testOps(200, 2000, true)}},
 		{"op batch random", &OpBatch{Ops: testOps(50, 2000, false)}},
+		{"blob offer", &BlobOffer{Manifest: testManifest(2*schema.ChunkSize+5, schema.TypePDF)}},
+		{"blob offer one byte", &BlobOffer{Manifest: testManifest(1, schema.TypePNG)}},
+		{"blob offer 20 MB", &BlobOffer{Manifest: testManifest(20_000_000, schema.TypeTIFF)}},
+		{"blob get", &BlobGet{Hash: blobHash("get")}},
+		{"blob want", &BlobWant{Hash: blobHash("want"), Indexes: []uint32{0, 2, 5, 127, 128, MaxChunkIndexes - 1}}},
+		{"blob want none", &BlobWant{Hash: blobHash("none"), Indexes: []uint32{}}},
+		{"blob chunk", &BlobChunk{Index: 3, Data: chunkData(4096, 1)}},
+		{"blob chunk last", &BlobChunk{Index: MaxChunkIndexes - 1, Data: []byte{'%'}}},
+		{"blob ack", &BlobAck{Index: 200}},
+		{"blob ack zero", &BlobAck{}},
+		{"blob stored", &BlobStored{Hash: blobHash("stored"), Holders: 3}},
+		{"blob stored ward", &BlobStored{Hash: blobHash("ward")}},
 	}
 }
 

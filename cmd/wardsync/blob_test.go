@@ -1,0 +1,330 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wardsync/wardsync/schema"
+)
+
+// scan makes a PDF-looking file of n random bytes.
+func scan(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	copy(b, "%PDF-1.7\n")
+	return b
+}
+
+func hexSum(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// attach uploads a file to a dossier on the ward and returns its hash.
+func (w *wardNode) attach(t *testing.T, dossier, name string, data []byte) string {
+	t.Helper()
+	req, _ := http.NewRequest("POST", w.api.base+"/v1/dossiers/"+dossier+"/attachments?name="+url.QueryEscape(name), bytes.NewReader(data))
+	req.Header.Set("Authorization", "Bearer "+w.token)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	hc := &http.Client{Timeout: 2 * time.Minute}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatalf("attach %s: %v", name, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("attach %s: HTTP %d %s", name, resp.StatusCode, body)
+	}
+	var a struct {
+		Hash string `json:"hash"`
+	}
+	json.Unmarshal(body, &a)
+	if a.Hash != hexSum(data) {
+		t.Fatalf("attach %s: hash %q, want %s", name, a.Hash, hexSum(data))
+	}
+	return a.Hash
+}
+
+func (w *wardNode) newDossier(t *testing.T) string {
+	t.Helper()
+	data := w.must(t, "POST", "/v1/dossiers", map[string]any{"procedure": "certified-copy",
+		"applicant": map[string]string{"name": "Trần Thị Bích", "id_number": "079123456780"}}, 201)
+	var d struct {
+		ID string `json:"id"`
+	}
+	json.Unmarshal(data, &d)
+	return d.ID
+}
+
+// cityBlob downloads a blob from a member's API; here=true refuses to
+// fetch it from a peer. It returns the HTTP status and the body's hash.
+func (e *cityEnv) cityBlob(member, hash string, here bool) (int, string) {
+	u := e.members[member].url + "/v1/blobs/" + hash
+	if here {
+		u += "?here=true"
+	}
+	resp, err := e.admin.Get(u)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	h := sha256.New()
+	io.Copy(h, resp.Body)
+	return resp.StatusCode, hex.EncodeToString(h.Sum(nil))
+}
+
+// holders lists the members that hold blob hash on their own disk.
+func (e *cityEnv) holders(members []string, hash string) []string {
+	var out []string
+	for _, m := range members {
+		if code, got := e.cityBlob(m, hash, true); code == 200 && got == hash {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+type cityAttachments struct {
+	Status      string `json:"status"`
+	Attachments []struct {
+		Hash string `json:"hash"`
+	} `json:"attachments"`
+}
+
+func (e *cityEnv) cityAttachments(member, dossier string) (cityAttachments, bool) {
+	code, body := e.call(e.admin, "GET", e.members[member].url+"/v1/dossiers/"+dossier, nil)
+	var d cityAttachments
+	if code != 200 || json.Unmarshal(body, &d) != nil {
+		return d, false
+	}
+	return d, true
+}
+
+// metric reads one unlabelled counter or gauge from a /metrics page.
+func metric(t *testing.T, page []byte, name string) float64 {
+	t.Helper()
+	sc := bufio.NewScanner(bytes.NewReader(page))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", name, err)
+			}
+			return f
+		}
+	}
+	return 0
+}
+
+func (w *wardNode) metrics(t *testing.T) []byte {
+	t.Helper()
+	resp, err := http.Get(w.api.base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return b
+}
+
+// TestBlobAttachOfflineThenMajority is the issue's "done when": a clerk
+// attaches a 20 MB PDF while the ward is cut off; the dossier's status
+// changes after the attach go up first (metadata first); the attachment
+// is committed only once a majority of members holds the blob; after
+// that any one member can be SIGKILLed and the blob is still read from
+// the others with a matching hash; and a member added later ends up
+// holding it.
+func TestBlobAttachOfflineThenMajority(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	ids := []string{"c1", "c2", "c3"}
+	e := newCityEnv(t, ids...)
+	for _, id := range ids {
+		e.start(id, "--bootstrap", e.bootstrapSpec(ids...))
+	}
+	e.waitLeader("c1", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ps, city := e.proxiesFor(ctx, ids, 1)
+	setCut(ps, true)
+	w := e.initWard("wa", schema.DefaultWards().All()[0].Code)
+	// A slow link: 20 MB take ~5 s, long enough to watch the order.
+	w.proc = startNode(t, execWard(t, e, w, city, "--blob-bandwidth", "4000000", "--link-timeout", "2s"))
+	w.api = newAPI(w.proc.url, w.token)
+
+	id := w.newDossier(t)
+	doc := scan(20 << 20)
+	hash := w.attach(t, id, "giay-khai-sinh.pdf", doc)
+	w.must(t, "POST", "/v1/dossiers/"+id+"/transitions", map[string]any{"to": "in_review"}, 200)
+	// Offline, the ward serves the scan itself.
+	req, _ := http.NewRequest("GET", w.api.base+"/v1/dossiers/"+id+"/attachments/"+hash, nil)
+	req.Header.Set("Authorization", "Bearer "+w.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Equal(got, doc) {
+		t.Fatalf("offline download: HTTP %d, %d bytes", resp.StatusCode, len(got))
+	}
+
+	setCut(ps, false)
+	// The status reaches the city before the scan does.
+	sawStatusFirst := false
+	eventually(t, "the attachment committed at the city", 2*time.Minute, func() error {
+		for _, m := range ids {
+			d, ok := e.cityAttachments(m, id)
+			if !ok {
+				continue
+			}
+			if len(d.Attachments) == 0 {
+				if d.Status == "in_review" {
+					sawStatusFirst = true
+				}
+				continue
+			}
+			// Committed: a majority must hold the blob already.
+			if h := e.holders(ids, hash); len(h) < 2 {
+				t.Fatalf("member %s shows the attachment but only %v hold the blob", m, h)
+			}
+			return nil
+		}
+		return fmt.Errorf("not yet")
+	})
+	if !sawStatusFirst {
+		t.Fatal("never saw the dossier's new status at the city before its attachment: metadata did not go first")
+	}
+	// Every member gets a copy; then kill any one and read from the others.
+	eventually(t, "every member holds the blob", time.Minute, func() error {
+		if h := e.holders(ids, hash); len(h) != 3 {
+			return fmt.Errorf("holders %v", h)
+		}
+		return nil
+	})
+	e.members["c2"].kill9()
+	for _, m := range []string{"c1", "c3"} {
+		if code, got := e.cityBlob(m, hash, false); code != 200 || got != hash {
+			t.Fatalf("with c2 dead, %s serves HTTP %d hash %s", m, code, got)
+		}
+	}
+	// A range read from the city API.
+	rq, _ := http.NewRequest("GET", e.members["c1"].url+"/v1/blobs/"+hash, nil)
+	rq.Header.Set("Range", "bytes=1048570-1048599")
+	rr, err := e.admin.Do(rq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	part, _ := io.ReadAll(rr.Body)
+	rr.Body.Close()
+	if rr.StatusCode != http.StatusPartialContent || !bytes.Equal(part, doc[1048570:1048600]) {
+		t.Fatalf("range read: HTTP %d, %d bytes", rr.StatusCode, len(part))
+	}
+	// A member added later fetches what it should hold.
+	e.start("c4", "--join", e.members["c1"].url)
+	eventually(t, "the new member holds the blob", time.Minute, func() error {
+		if code, got := e.cityBlob("c4", hash, true); code != 200 || got != hash {
+			return fmt.Errorf("c4: HTTP %d\n%s", code, e.members["c4"].stderr.String())
+		}
+		return nil
+	})
+}
+
+// execWard is runWard with extra flags.
+func execWard(t *testing.T, e *cityEnv, w *wardNode, city string, extra ...string) *exec.Cmd {
+	args := append([]string{"ward", "run", "--data", w.dir, "--http", "127.0.0.1:0",
+		"--city", city, "--tls", filepath.Join(e.dir, "tls", w.id), "--quic", "127.0.0.1:0"}, extra...)
+	return exec.Command(wardsyncBin(t), args...)
+}
+
+// TestBlobRoughLink sends 200 MB of scans from a ward to the city through
+// the fault proxy, cutting the link every ~16 MB for longer than the
+// ward's link timeout (so the connection really dies and every transfer
+// is retried on a new one). After each cut at most one chunk is sent
+// again, and the blobs' hashes match end to end on every member.
+func TestBlobRoughLink(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	ids := []string{"c1", "c2", "c3"}
+	e := newCityEnv(t, ids...)
+	for _, id := range ids {
+		e.start(id, "--bootstrap", e.bootstrapSpec(ids...))
+	}
+	e.waitLeader("c1", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	seed := int64(chaosSeed(t))
+	ps, city := e.proxiesFor(ctx, ids, seed)
+	setCut(ps, true)
+	w := e.initWard("wa", schema.DefaultWards().All()[0].Code)
+	w.proc = startNode(t, execWard(t, e, w, city, "--link-timeout", "1s"))
+	w.api = newAPI(w.proc.url, w.token)
+	var hashes []string
+	const files, size = 10, 20 << 20
+	for i := range files {
+		id := w.newDossier(t)
+		hashes = append(hashes, w.attach(t, id, fmt.Sprintf("scan-%02d.pdf", i), scan(size)))
+	}
+	setCut(ps, false)
+	cuts, next := 0, float64(16<<20)
+	deadline := time.Now().Add(4 * time.Minute)
+	for {
+		page := w.metrics(t)
+		sent := metric(t, page, "wardsync_blob_sent_bytes_total")
+		var st struct {
+			Blobs struct {
+				PendingUploads int `json:"pending_uploads"`
+			} `json:"blobs"`
+		}
+		json.Unmarshal(w.must(t, "GET", "/v1/sync/status", nil, 200), &st)
+		if st.Blobs.PendingUploads == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("uploads still pending after 4 minutes (%d left, %d cuts, %.0f bytes sent)\n%s", st.Blobs.PendingUploads, cuts, sent, w.proc.stderr.String())
+		}
+		if sent >= next {
+			setCut(ps, true)
+			time.Sleep(1800 * time.Millisecond) // past the 1 s link timeout: the connection dies
+			setCut(ps, false)
+			cuts++
+			next = sent + 16<<20
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	sentChunks := metric(t, w.metrics(t), "wardsync_blob_sent_bytes_total") / float64(schema.ChunkSize)
+	resent := sentChunks - files*size/schema.ChunkSize
+	t.Logf("%d cuts; %.0f chunks sent for %d; %.0f sent again", cuts, sentChunks, files*size/schema.ChunkSize, resent)
+	if cuts < 5 {
+		t.Fatalf("only %d cuts happened; the test did not test resumption", cuts)
+	}
+	if resent > float64(cuts) {
+		t.Fatalf("%.0f chunks sent again over %d cuts: more than one per cut", resent, cuts)
+	}
+	for _, h := range hashes {
+		eventually(t, "every member holds "+h[:8], time.Minute, func() error {
+			if got := e.holders(ids, h); len(got) != 3 {
+				return fmt.Errorf("holders %v", got)
+			}
+			return nil
+		})
+	}
+}
