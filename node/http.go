@@ -49,6 +49,7 @@ func (n *Node) Handler() http.Handler {
 	authed("GET /v1/stats", n.handleStats)
 	authed("GET /v1/sync/status", n.handleSyncStatus)
 	authed("GET /v1/admin/backup", n.handleBackup)
+	authed("POST /v1/admin/linktest", n.handleLinkTest)
 	// Anything else is a JSON 404, not the mux's text page.
 	route("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		httpjson.WriteError(w, r, fmt.Errorf("%w: no route %s %s", schema.ErrNotFound, r.Method, r.URL.Path), n.log)

@@ -61,6 +61,7 @@ type Node struct {
 
 	writes     localWrites
 	syncStatus func() any
+	linkTest   func(ctx context.Context, bytes int64) (any, error)
 
 	maxAttachment int64
 	fetchBlob     atomic.Pointer[blobFetcher]

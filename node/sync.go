@@ -2,8 +2,11 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"strconv"
 	"sync"
+	"time"
 
 	"github.com/wardsync/wardsync/node/httpjson"
 	"github.com/wardsync/wardsync/node/store"
@@ -57,6 +60,36 @@ func (n *Node) ApplyPulled(ctx context.Context, ops []schema.Op, cursor uint64) 
 		n.clock.Observe(ops[i].HLC)
 	}
 	return applied, nil
+}
+
+// SetLinkTest installs the function behind POST /v1/admin/linktest: the
+// blob layer's measurement of the raw link to the city. Call before
+// serving.
+func (n *Node) SetLinkTest(f func(ctx context.Context, bytes int64) (any, error)) { n.linkTest = f }
+
+func (n *Node) handleLinkTest(w http.ResponseWriter, r *http.Request, who store.Official) error {
+	if who.Role != schema.RoleAdmin {
+		return fmt.Errorf("%w: only an admin runs a link test", schema.ErrForbidden)
+	}
+	if n.linkTest == nil {
+		return fmt.Errorf("%w: this node runs without --city; there is no link to test", schema.ErrNotFound)
+	}
+	size := int64(64 << 20)
+	if s := r.URL.Query().Get("bytes"); s != "" {
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || v <= 0 {
+			return &schema.FieldError{Field: "bytes", Reason: "must be a positive number of bytes"}
+		}
+		size = v
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Minute)
+	defer cancel()
+	res, err := n.linkTest(ctx, size)
+	if err != nil {
+		return err
+	}
+	httpjson.WriteJSON(w, http.StatusOK, res)
+	return nil
 }
 
 // SetSyncStatus installs the function behind GET /v1/sync/status (the sync

@@ -64,6 +64,7 @@ func startSync(c *cli.Context, n *node.Node, log *slog.Logger, city string) (fun
 		ep.Close()
 		return nil, err
 	}
+	n.SetLinkTest(bw.LinkTest)
 	n.SetSyncStatus(func() any {
 		return struct {
 			wsync.Status

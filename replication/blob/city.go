@@ -162,7 +162,7 @@ func (c *City) serve(ctx context.Context, conn *transport.Conn, st *stream) {
 		return
 	}
 	h, ok := msg.(*wire.Hello)
-	if !ok || h.Proto != wire.ProtoBlob {
+	if !ok || (h.Proto != wire.ProtoBlob && h.Proto != wire.ProtoLinkTest) {
 		c.refuse(st.s, peer, wire.CodeBadFrame, "a blob stream starts with Hello{proto: blob}")
 		return
 	}
@@ -177,6 +177,12 @@ func (c *City) serve(ctx context.Context, conn *transport.Conn, st *stream) {
 	}
 	if peer.Role != schema.PeerCity && !peer.MayServe(h.Ward) {
 		c.refuse(st.s, peer, wire.CodeForbidden, fmt.Sprintf("the certificate of %s does not name ward %s", peer.Node, h.Ward))
+		return
+	}
+	if h.Proto == wire.ProtoLinkTest {
+		if wire.WriteMsg(st.s, &wire.Welcome{Version: v, Node: c.c.NodeID()}) == nil {
+			linkTestSink(st)
+		}
 		return
 	}
 	msg, err = st.r.Read()
@@ -379,43 +385,64 @@ func (c *City) copyRun(ctx context.Context, m *schema.Manifest) (uint32, error) 
 		return 0, fmt.Errorf("%w: %v", schema.ErrUnavailable, err)
 	}
 	need := voters/2 + 1
-	results := make(chan error, len(members))
-	peers := 0
-	for id, addr := range members {
-		if id == c.c.NodeID() {
-			continue
+	var peers []string
+	for id := range members {
+		if id != c.c.NodeID() {
+			peers = append(peers, id)
 		}
-		peers++
+	}
+	// Spread the copies: each blob starts at a different peer.
+	sort.Strings(peers)
+	if len(peers) > 0 {
+		k := int(m.Hash[0]) % len(peers)
+		peers = append(peers[k:], peers[:k]...)
+	}
+	// Copy to just enough peers for a majority, in parallel; a failed copy
+	// is replaced by the next peer. The members left out fetch the blob
+	// with their repair loop, so a bulk upload does not pay for every copy
+	// before it is acknowledged.
+	results := make(chan error, len(peers))
+	next, running := 0, 0
+	start := func() {
+		id := peers[next]
+		next++
+		running++
 		c.bg.Go(func() {
-			// Each copy outlives the ward's request: a copy to the minority
-			// still finishes after the ward has its answer.
+			// The copy outlives the ward's request if it must.
 			cctx, cancel := context.WithTimeout(c.ctx, c.cfg.CopyTimeout)
 			defer cancel()
-			err := c.putTo(cctx, addr, m)
+			err := c.putTo(cctx, members[id], m)
 			if err != nil && c.ctx.Err() == nil {
-				c.log.Warn("blob: copy to member failed; the repair loop will retry", "member", id, "blob", m.HashHex()[:12], "err", err)
+				c.log.Warn("blob: copy to member failed; trying another", "member", id, "blob", m.HashHex()[:12], "err", err)
 			}
 			results <- err
 		})
 	}
-	holders, failed := 1, 0
+	holders := 1
+	for next < len(peers) && running < need-holders {
+		start()
+	}
 	var last error
 	for holders < need {
-		if failed == peers-(holders-1) || peers == 0 {
+		if running == 0 {
 			return uint32(holders), fmt.Errorf("%w: only %d of the %d members needed hold blob %s (last error: %v)", schema.ErrUnavailable, holders, need, m.HashHex()[:12], last)
 		}
 		select {
 		case err := <-results:
+			running--
 			if err == nil {
 				holders++
 			} else {
-				failed++
 				last = err
+				if next < len(peers) {
+					start()
+				}
 			}
 		case <-ctx.Done():
 			return uint32(holders), ctx.Err()
 		}
 	}
+	// The others find the blob on their next repair pass.
 	return uint32(holders), nil
 }
 

@@ -35,6 +35,10 @@ type Options struct {
 	Received func(index int, bytes int)
 	// Bad, if set, is called for each chunk that failed its hash.
 	Bad func(index int)
+	// SentAll, if set, is called when every chunk wanted so far has been
+	// acknowledged and the sender only waits for BlobStored: another
+	// transfer may start sending then without two sharing the link.
+	SentAll func()
 }
 
 // NewLimiter makes a byte-rate limiter for Options.Limiter (nil for 0).
@@ -78,8 +82,26 @@ func send(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store,
 		}
 		return nil
 	}
+	// The next chunk is read from the store while the current one is on
+	// the wire.
+	type loaded struct {
+		data []byte
+		err  error
+	}
+	var next chan loaded
+	var nextIdx uint32
+	load := func(i uint32) chan loaded {
+		ch := make(chan loaded, 1)
+		go func() { d, err := bs.Chunk(m.Chunks[i]); ch <- loaded{d, err} }()
+		return ch
+	}
+	sentAll := false
 	for {
 		if len(queue) == 0 {
+			if !sentAll && o.SentAll != nil {
+				o.SentAll()
+			}
+			sentAll = true
 			msg, err := readMsg(r)
 			if err != nil {
 				return nil, err
@@ -98,12 +120,21 @@ func send(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store,
 		}
 		i := queue[0]
 		queue = queue[1:]
-		data, err := bs.Chunk(m.Chunks[i])
-		if err != nil {
-			if errors.Is(err, blobstore.ErrBadChunk) || errors.Is(err, blobstore.ErrMissing) {
-				wire.SendError(w, wire.CodeNotFound, fmt.Sprintf("chunk %d of blob %s is not readable here: %v", i, m.HashHex(), err))
+		var c loaded
+		if next != nil && nextIdx == i {
+			c = <-next
+		} else {
+			if next != nil {
+				<-next
 			}
-			return nil, err
+			c.data, c.err = bs.Chunk(m.Chunks[i])
+		}
+		next = nil
+		if c.err != nil {
+			if errors.Is(c.err, blobstore.ErrBadChunk) || errors.Is(c.err, blobstore.ErrMissing) {
+				wire.SendError(w, wire.CodeNotFound, fmt.Sprintf("chunk %d of blob %s is not readable here: %v", i, m.HashHex(), c.err))
+			}
+			return nil, c.err
 		}
 		if o.Yield != nil {
 			if err := o.Yield(ctx); err != nil {
@@ -111,21 +142,27 @@ func send(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store,
 			}
 		}
 		if o.Limiter != nil {
-			if err := o.Limiter.WaitN(ctx, len(data)); err != nil {
+			if err := o.Limiter.WaitN(ctx, len(c.data)); err != nil {
 				return nil, err
 			}
 		}
-		if err := wire.WriteMsg(w, &wire.BlobChunk{Index: i, Data: data}); err != nil {
+		if err := wire.WriteMsg(w, &wire.BlobChunk{Index: i, Data: c.data}); err != nil {
 			return nil, err
 		}
 		if o.Sent != nil {
-			o.Sent(int(i), len(data))
+			o.Sent(int(i), len(c.data))
+		}
+		if len(queue) > 0 {
+			nextIdx, next = queue[0], load(queue[0])
 		}
 		// Stop and wait: the next chunk goes once this one has arrived, so
 		// a cut loses at most this one.
 		for acked := false; !acked; {
 			msg, err := readMsg(r)
 			if err != nil {
+				if next != nil {
+					<-next
+				}
 				return nil, err
 			}
 			switch x := msg.(type) {
@@ -134,11 +171,10 @@ func send(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store,
 					return nil, fmt.Errorf("%w: ack for chunk %d, sent %d", errProtocol, x.Index, i)
 				}
 				acked = true
-			case *wire.BlobWant: // chunk i arrived corrupt: sent again
+			case *wire.BlobWant: // an earlier chunk failed its hash: sent again
 				if err := want(x); err != nil {
 					return nil, err
 				}
-				acked = true
 			case *wire.BlobStored:
 				return x, nil
 			default:
@@ -148,10 +184,13 @@ func send(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store,
 	}
 }
 
-// receive asks for the chunks of m that bs lacks, stores each one that
-// matches its hash (asking again for one that does not), syncs, then runs
-// done (nil: nothing more) and sends BlobStored with the holders it
-// reports. An error of done is sent to the sender as an Error frame.
+// receive asks for the chunks of m that bs lacks and acknowledges each on
+// arrival; a second goroutine checks and stores them meanwhile (a chunk
+// that fails its hash is asked for again). Every chunk that arrived in
+// full is stored even if the stream then breaks, so a cut costs at most
+// the chunk it cut. Once all are stored it syncs, runs done (nil: nothing
+// more) and sends BlobStored with the holders done reports; an error of
+// done goes to the sender as an Error frame.
 func receive(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store, m *schema.Manifest, o Options, done func(ctx context.Context) (uint32, error)) error {
 	if err := m.Validate(); err != nil {
 		wire.SendError(w, wire.CodeFor(err), err.Error())
@@ -176,51 +215,8 @@ func receive(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Sto
 	if err := wire.WriteMsg(w, &wire.BlobWant{Hash: m.Hash, Indexes: idx}); err != nil {
 		return err
 	}
-	bad := map[uint32]int{}
-	for len(wanted) > 0 {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		msg, err := readMsg(r)
-		if err != nil {
-			return err
-		}
-		c, ok := msg.(*wire.BlobChunk)
-		if !ok {
-			err := fmt.Errorf("%w: expected BlobChunk, got %T", errProtocol, msg)
-			wire.SendError(w, wire.CodeBadFrame, err.Error())
-			return err
-		}
-		if !wanted[c.Index] {
-			err := fmt.Errorf("%w: chunk %d was not asked for", errProtocol, c.Index)
-			wire.SendError(w, wire.CodeBadFrame, err.Error())
-			return err
-		}
-		err = bs.PutChunk(m.Chunks[c.Index], c.Data)
-		if errors.Is(err, blobstore.ErrBadChunk) {
-			if o.Bad != nil {
-				o.Bad(int(c.Index))
-			}
-			if bad[c.Index]++; bad[c.Index] >= maxBadChunk {
-				err := fmt.Errorf("%w: chunk %d of blob %s arrived corrupt %d times", schema.ErrBadSignature, c.Index, m.HashHex(), maxBadChunk)
-				wire.SendError(w, wire.CodeBadSignature, err.Error())
-				return err
-			}
-			// Refused, and asked for again.
-			if err := wire.WriteMsg(w, &wire.BlobWant{Hash: m.Hash, Indexes: []uint32{c.Index}}); err != nil {
-				return err
-			}
-			continue
-		}
-		if err != nil {
-			wire.SendError(w, wire.CodeInternal, "cannot store the chunk")
-			return err
-		}
-		delete(wanted, c.Index)
-		if o.Received != nil {
-			o.Received(int(c.Index), len(c.Data))
-		}
-		if err := wire.WriteMsg(w, &wire.BlobAck{Index: c.Index}); err != nil {
+	if len(wanted) > 0 {
+		if err := receiveChunks(ctx, w, r, bs, m, o, wanted); err != nil {
 			return err
 		}
 	}
@@ -240,4 +236,100 @@ func receive(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Sto
 		}
 	}
 	return wire.WriteMsg(w, &wire.BlobStored{Hash: m.Hash, Holders: holders})
+}
+
+func receiveChunks(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store, m *schema.Manifest, o Options, wanted map[uint32]bool) error {
+	type result struct {
+		index uint32
+		size  int
+		err   error
+	}
+	quit := make(chan struct{})
+	defer close(quit)
+	frames := make(chan *wire.BlobChunk)
+	readErr := make(chan error, 1)
+	go func() {
+		for {
+			msg, err := readMsg(r)
+			if err == nil {
+				c, ok := msg.(*wire.BlobChunk)
+				if !ok {
+					err = fmt.Errorf("%w: expected BlobChunk, got %T", errProtocol, msg)
+				} else {
+					select {
+					case frames <- c:
+						continue
+					case <-quit:
+						return
+					}
+				}
+			}
+			readErr <- err
+			return
+		}
+	}()
+	work := make(chan *wire.BlobChunk, 2)
+	results := make(chan result, len(wanted)+maxBadChunk)
+	stored := make(chan struct{})
+	go func() {
+		defer close(stored)
+		for c := range work {
+			results <- result{c.Index, len(c.Data), bs.PutChunk(m.Chunks[c.Index], c.Data)}
+		}
+	}()
+	// However receive ends, what arrived in full is stored first.
+	defer func() {
+		close(work)
+		<-stored
+	}()
+	pending := map[uint32]bool{}
+	bad := map[uint32]int{}
+	fail := func(code string, err error) error {
+		wire.SendError(w, code, err.Error())
+		return err
+	}
+	for len(wanted) > 0 {
+		select {
+		case c := <-frames:
+			if !wanted[c.Index] || pending[c.Index] {
+				return fail(wire.CodeBadFrame, fmt.Errorf("%w: chunk %d was not asked for", errProtocol, c.Index))
+			}
+			pending[c.Index] = true
+			if err := wire.WriteMsg(w, &wire.BlobAck{Index: c.Index}); err != nil {
+				work <- c
+				return err
+			}
+			work <- c
+		case res := <-results:
+			delete(pending, res.index)
+			if errors.Is(res.err, blobstore.ErrBadChunk) {
+				if o.Bad != nil {
+					o.Bad(int(res.index))
+				}
+				if bad[res.index]++; bad[res.index] >= maxBadChunk {
+					return fail(wire.CodeBadSignature, fmt.Errorf("%w: chunk %d of blob %s arrived corrupt %d times", schema.ErrBadSignature, res.index, m.HashHex(), maxBadChunk))
+				}
+				// Refused, and asked for again.
+				if err := wire.WriteMsg(w, &wire.BlobWant{Hash: m.Hash, Indexes: []uint32{res.index}}); err != nil {
+					return err
+				}
+				continue
+			}
+			if res.err != nil {
+				return fail(wire.CodeInternal, fmt.Errorf("cannot store the chunk: %w", res.err))
+			}
+			delete(wanted, res.index)
+			if o.Received != nil {
+				o.Received(int(res.index), res.size)
+			}
+		case err := <-readErr:
+			if errors.Is(err, errProtocol) {
+				return fail(wire.CodeBadFrame, err)
+			}
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }

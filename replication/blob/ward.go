@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	gosync "sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,6 +47,8 @@ type Ward struct {
 	id      string
 	ward    string
 	limiter *rate.Limiter
+
+	moved atomic.Uint64 // chunks moved either way, to tell a cut from an outage
 
 	mu       gosync.Mutex
 	conn     *transport.Conn
@@ -102,20 +105,26 @@ func NewWard(cfg WardConfig) (*Ward, error) {
 // until ctx ends.
 func (w *Ward) Run(ctx context.Context) error {
 	backoff := w.cfg.MinBackoff
-	for i := 0; ctx.Err() == nil; i++ {
+	for i := 0; ctx.Err() == nil; {
 		addr := w.cfg.City[i%len(w.cfg.City)]
-		start := time.Now()
-		err := w.session(ctx, addr)
+		before := w.moved.Load()
+		connected, err := w.session(ctx, addr)
 		if ctx.Err() != nil {
 			return nil
 		}
 		w.mu.Lock()
 		w.lastErr = err.Error()
 		w.mu.Unlock()
-		w.log.Warn("blob: link to the city lost; retrying", "member", addr, "err", err, "in", backoff)
-		if time.Since(start) > 30*time.Second {
-			backoff = w.cfg.MinBackoff
+		if !connected {
+			// Only a member that cannot be reached is left for the next:
+			// one that was reached holds this ward's partial transfers, and
+			// going back to it resumes them where they were cut.
+			i++
 		}
+		if w.moved.Load() != before {
+			backoff = w.cfg.MinBackoff // the link worked: a cut, not an outage
+		}
+		w.log.Warn("blob: link to the city lost; retrying", "member", addr, "err", err, "in", backoff)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -126,12 +135,14 @@ func (w *Ward) Run(ctx context.Context) error {
 	return nil
 }
 
-func (w *Ward) session(ctx context.Context, addr string) error {
+// session moves blobs over one connection until it fails; connected says
+// whether the member was reached at all.
+func (w *Ward) session(ctx context.Context, addr string) (bool, error) {
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	conn, err := w.cfg.Endpoint.Dial(dctx, addr, transport.ALPNBlob, schema.PeerCity)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("dial %s: %w", addr, err)
+		return false, fmt.Errorf("dial %s: %w", addr, err)
 	}
 	w.setConn(conn)
 	defer w.setConn(nil)
@@ -146,9 +157,9 @@ func (w *Ward) session(ctx context.Context, addr string) error {
 	stop()
 	<-errc
 	if conn.Context().Err() != nil {
-		return fmt.Errorf("connection to %s ended: %w", addr, context.Cause(conn.Context()))
+		return true, fmt.Errorf("connection to %s ended: %w", addr, context.Cause(conn.Context()))
 	}
-	return err
+	return true, err
 }
 
 func (w *Ward) setConn(c *transport.Conn) {
@@ -182,8 +193,8 @@ func (w *Ward) current(ctx context.Context) (*transport.Conn, error) {
 func (w *Ward) opts(direction string, m *schema.Manifest) Options {
 	o := Options{
 		Limiter:  w.limiter,
-		Sent:     func(i, n int) { w.m.bytesOut.Add(float64(n)); w.step(direction, m) },
-		Received: func(i, n int) { w.m.bytesIn.Add(float64(n)); w.m.chunksIn.Inc(); w.step(direction, m) },
+		Sent:     func(i, n int) { w.m.bytesOut.Add(float64(n)); w.moved.Add(1); w.step(direction, m) },
+		Received: func(i, n int) { w.m.bytesIn.Add(float64(n)); w.m.chunksIn.Inc(); w.moved.Add(1); w.step(direction, m) },
 		Bad:      func(int) { w.m.badChunks.Inc() },
 	}
 	if w.cfg.MetadataPending != nil {
@@ -217,13 +228,30 @@ func (w *Ward) begin(direction string, m *schema.Manifest, missing int) {
 	w.mu.Unlock()
 }
 
+// uploadsWaiting bounds the uploads that have sent all their chunks and
+// wait for the city's BlobStored (a majority copy and a Raft commit).
+const uploadsWaiting = 4
+
 // uploads puts every blob of the node's own attach ops the city does not
-// yet hold on a majority, oldest record first, and clears each once the
-// city says BlobStored.
+// yet hold on a majority, in hash order, and clears each once the city
+// says BlobStored. One upload sends chunks at a time (so a cut costs at
+// most one chunk); the next starts sending as soon as the previous one
+// has all its chunks acknowledged and only waits for the city's copies.
 func (w *Ward) uploads(ctx context.Context, conn *transport.Conn) error {
 	n := w.cfg.Node
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
+	type upDone struct {
+		h   [32]byte
+		err error
+	}
+	done := make(chan upDone, uploadsWaiting)
+	sending := make(chan struct{}, 1)
+	inflight := map[[32]byte]bool{}
+	handle := func(d upDone) error {
+		delete(inflight, d.h)
+		return d.err
+	}
 	for {
 		wake := n.LocalWrites()
 		var pending [][32]byte
@@ -234,7 +262,11 @@ func (w *Ward) uploads(ctx context.Context, conn *transport.Conn) error {
 		}); err != nil {
 			return err
 		}
+		started := false
 		for _, h := range pending {
+			if inflight[h] || len(inflight) >= uploadsWaiting {
+				continue
+			}
 			m, ok, err := n.Blobs().Manifest(h)
 			if err != nil {
 				return err
@@ -243,24 +275,48 @@ func (w *Ward) uploads(ctx context.Context, conn *transport.Conn) error {
 				w.log.Error("blob: an attach op's blob is not in the blob store; it cannot be uploaded", "blob", fmt.Sprintf("%x", h[:6]))
 				continue
 			}
-			w.begin("up", &m, len(m.Chunks))
-			start := time.Now()
-			res, err := Put(ctx, conn, w.id, w.ward, n.Blobs(), &m, w.opts("up", &m))
-			w.m.transfer("out", schema.PeerCity, err, time.Since(start))
-			if err != nil {
-				return err
+			for acquired := false; !acquired; {
+				select {
+				case sending <- struct{}{}:
+					acquired = true
+				case d := <-done:
+					if err := handle(d); err != nil {
+						return err
+					}
+				case <-ctx.Done():
+					return ctx.Err()
+				}
 			}
-			if err := n.Store().Write(ctx, func(tx *store.Tx) error { tx.ClearUpload(h); return nil }); err != nil {
-				return err
-			}
-			w.log.Info("blob stored at the city", "blob", m.HashHex()[:12], "bytes", m.Size, "holders", res.Holders, "took", time.Since(start).Round(time.Millisecond))
+			inflight[h], started = true, true
+			go func() {
+				var once gosync.Once
+				release := func() { once.Do(func() { <-sending }) }
+				defer release()
+				o := w.opts("up", &m)
+				o.SentAll = release
+				w.begin("up", &m, len(m.Chunks))
+				start := time.Now()
+				res, err := Put(ctx, conn, w.id, w.ward, n.Blobs(), &m, o)
+				w.m.transfer("out", schema.PeerCity, err, time.Since(start))
+				if err == nil {
+					err = n.Store().Write(ctx, func(tx *store.Tx) error { tx.ClearUpload(h); return nil })
+				}
+				if err == nil {
+					w.log.Info("blob stored at the city", "blob", m.HashHex()[:12], "bytes", m.Size, "holders", res.Holders, "took", time.Since(start).Round(time.Millisecond))
+				}
+				done <- upDone{h, err}
+			}()
 		}
-		if len(pending) > 0 {
+		if started {
 			continue
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case d := <-done:
+			if err := handle(d); err != nil {
+				return err
+			}
 		case <-wake:
 		case <-tick.C:
 		}

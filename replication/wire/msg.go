@@ -21,6 +21,10 @@ const (
 	ProtoPull    = "pull"    // city → ward: Cursor up, ChangesPage down, then live
 	ProtoCluster = "cluster" // member to member: a follower forwarding Raft commands to the leader
 	ProtoBlob    = "blob"    // attachments (issue 5)
+	// ProtoLinkTest measures a link's raw throughput: after the Welcome
+	// the caller streams BlobChunk frames and closes its side; the member
+	// discards them and answers Ack{bytes received}. On the blob ALPN.
+	ProtoLinkTest = "linktest"
 )
 
 // Hello is the first frame on every stream: who is calling, for which
