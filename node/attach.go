@@ -47,13 +47,10 @@ func (n *Node) SetBlobFetcher(f func(ctx context.Context, hash [32]byte) error) 
 // errCutShort is an upload whose body ended before its declared length.
 var errCutShort = errors.New("the body ended before its declared length")
 
-// uploadBody watches an upload's body. The blob store takes any early end
-// of its reader as the end of the file, but a request body that stops
-// short of its Content-Length (or mid-chunk) says io.ErrUnexpectedEOF:
-// uploadBody turns that into an error of its own, so a truncated upload
-// fails instead of being stored as a shorter file. It also keeps the first
-// read error, so the caller can say what went wrong (over the size limit,
-// or cut short).
+// uploadBody watches an upload's body and keeps its first read error, so
+// that the refusal says what went wrong: over the size limit, or a body
+// that stopped short of its Content-Length (io.ErrUnexpectedEOF, which
+// the blob store refuses too).
 type uploadBody struct {
 	r   io.Reader
 	n   int64
@@ -114,7 +111,7 @@ func (n *Node) Attach(ctx context.Context, who store.Official, dossierID, name s
 		return schema.Attachment{}, false, up.explain(err)
 	}
 	// A blob imported here but not referenced because the write below
-	// fails is left to the blob store's garbage collection.
+	// fails is removed by the blob GC (blobgc.go) after its grace period.
 	hash := m.HashHex()
 	raw := schema.MarshalBody(schema.NewAttachBody(name, &m))
 	var out schema.Attachment

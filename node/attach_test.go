@@ -717,3 +717,35 @@ func TestAttachLimitConfig(t *testing.T) {
 	}
 	e.Node = nil
 }
+
+// TestBlobGCKeepsWhatOpsReferTo: a blob no op refers to (an upload whose
+// attach op never came) is removed once older than the grace period; an
+// attached one never is.
+func TestBlobGCKeepsWhatOpsReferTo(t *testing.T) {
+	e := startAttachNode(t, 0)
+	id := e.createDossier(e.Admin, "certified-copy", 1).ID
+	kept := pdfBytes(t, 2<<20)
+	if r := e.attach(e.Admin, id, "kept.pdf", kept); r.Status != 201 {
+		t.Fatalf("attach: %d %s", r.Status, r.Body)
+	}
+	orphan, err := e.Node.Blobs().Import(context.Background(), bytes.NewReader(pdfBytes(t, 3<<20)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if rep, err := e.Node.CollectBlobs(ctx); err != nil || rep.Blobs != 0 {
+		t.Fatalf("GC within the grace period: %+v %v", rep, err)
+	}
+	e.clock.Advance(25 * time.Hour)
+	rep, err := e.Node.CollectBlobs(ctx)
+	if err != nil || rep.Blobs != 1 || rep.Chunks != 3 {
+		t.Fatalf("GC after the grace period: %+v %v, want the orphan's 1 blob and 3 chunks", rep, err)
+	}
+	if ok, _ := e.Node.Blobs().Complete(orphan.Hash); ok {
+		t.Fatal("the orphan blob survived")
+	}
+	h := sha256.Sum256(kept)
+	if ok, _ := e.Node.Blobs().Complete(h); !ok {
+		t.Fatal("GC removed an attached blob")
+	}
+}

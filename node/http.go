@@ -64,6 +64,9 @@ func (n *Node) Serve(ctx context.Context, addr string, ready func(net.Addr)) err
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
+	gcCtx, stopGC := context.WithCancel(ctx)
+	defer stopGC()
+	go n.gcBlobs(gcCtx, blobGCInterval, blobGCGrace)
 	srv := &http.Server{
 		Handler:           n.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,

@@ -8,10 +8,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -19,6 +21,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardsync/wardsync/node/blobstore"
+	"github.com/wardsync/wardsync/replication/blob"
+	"github.com/wardsync/wardsync/replication/transport"
 	"github.com/wardsync/wardsync/schema"
 )
 
@@ -237,6 +242,33 @@ func TestBlobAttachOfflineThenMajority(t *testing.T) {
 	if rr.StatusCode != http.StatusPartialContent || !bytes.Equal(part, doc[1048570:1048600]) {
 		t.Fatalf("range read: HTTP %d, %d bytes", rr.StatusCode, len(part))
 	}
+	// Invariant 4 on the blob ALPN: another ward's certificate may not get
+	// the blob; the ward's own may.
+	other := e.rawPusher(ctx, "wb", schema.DefaultWards().All()[1].Code)
+	own := e.rawPusher(ctx, "wa2", w.ward)
+	h, _ := schema.ParseHash(hash)
+	for _, c := range []struct {
+		p     *rawPusher
+		allow bool
+	}{{other, false}, {own, true}} {
+		conn, err := c.p.ep.Dial(ctx, e.quic["c1"], transport.ALPNBlob, schema.PeerCity)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bs, err := blobstore.Open(blobstore.Options{Dir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = blob.Get(ctx, conn, c.p.node, c.p.ward, bs, h, blob.Options{})
+		st, _ := bs.Stats()
+		bs.Close()
+		if c.allow && (err != nil || st.Chunks != 20) {
+			t.Fatalf("the ward's own certificate could not get its blob: %v (%d chunks)", err, st.Chunks)
+		}
+		if !c.allow && (!errors.Is(err, schema.ErrForbidden) || st.Chunks != 0) {
+			t.Fatalf("another ward's certificate got the blob: %v (%d chunks)", err, st.Chunks)
+		}
+	}
 	// A member added later fetches what it should hold.
 	e.start("c4", "--join", e.members["c1"].url)
 	eventually(t, "the new member holds the blob", time.Minute, func() error {
@@ -326,5 +358,80 @@ func TestBlobRoughLink(t *testing.T) {
 			}
 			return nil
 		})
+	}
+}
+
+// TestBlobScrubRepairsRottedChunk: a chunk rots on one member's disk (a
+// byte flipped in its value log while it is stopped). `ops scrub` finds
+// it, deletes it, fetches a good copy from a peer and reports nothing
+// missing; the member then serves the blob with the right hash.
+func TestBlobScrubRepairsRottedChunk(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	ids := []string{"c1", "c2", "c3"}
+	e := newCityEnv(t, ids...)
+	for _, id := range ids {
+		e.start(id, "--bootstrap", e.bootstrapSpec(ids...))
+	}
+	e.waitLeader("c1", "")
+	w := e.initWard("wa", schema.DefaultWards().All()[0].Code)
+	e.runWard(w, e.cityQUIC(ids...))
+	id := w.newDossier(t)
+	hash := w.attach(t, id, "so-ho-khau.pdf", scan(8<<20))
+	eventually(t, "every member holds the blob", time.Minute, func() error {
+		if h := e.holders(ids, hash); len(h) != 3 {
+			return fmt.Errorf("holders %v", h)
+		}
+		return nil
+	})
+	// Rot: flip bytes in the middle of c3's blob value log.
+	e.members["c3"].stop()
+	logs, _ := filepath.Glob(filepath.Join(e.dir, "data", "c3", "blobs", "db", "*.vlog"))
+	flipped := 0
+	for _, f := range logs {
+		b, err := os.ReadFile(f)
+		if err != nil || len(b) < 4<<20 {
+			continue
+		}
+		for _, off := range []int{len(b) / 3, len(b) / 2} {
+			b[off] ^= 0xff
+		}
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		flipped++
+	}
+	if flipped == 0 {
+		t.Fatalf("no value log with the blob found in %v", logs)
+	}
+	e.start("c3")
+	e.waitLeader("c3", "")
+	out, err := exec.Command(wardsyncBin(t), "ops", "scrub", "--city", e.members["c3"].url, "--tls", filepath.Join(e.dir, "tls", "admin"), "--json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ops scrub: %v\n%s", err, out)
+	}
+	var res struct {
+		Members []blob.ScrubResult `json:"members"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("ops scrub output: %v\n%s", err, out)
+	}
+	found := 0
+	for _, m := range res.Members {
+		if m.Error != "" || m.Missing != 0 {
+			t.Fatalf("scrub of %s: %+v", m.Member, m)
+		}
+		if m.Member == "c3" {
+			found = m.Report.Bad + m.Report.Unreadable
+		} else if m.Report.Bad+m.Report.Unreadable != 0 {
+			t.Fatalf("scrub found damage on healthy member %s: %+v", m.Member, m.Report)
+		}
+	}
+	if found == 0 {
+		t.Fatalf("scrub found no damaged chunk on c3: %s", out)
+	}
+	if code, got := e.cityBlob("c3", hash, true); code != 200 || got != hash {
+		t.Fatalf("after the scrub c3 serves HTTP %d hash %s", code, got)
 	}
 }

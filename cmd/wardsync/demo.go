@@ -200,6 +200,10 @@ Try:
   export WARDSYNC_NODE=%[6]s WARDSYNC_TOKEN=%[7]s
   wardsync dossier create --procedure birth-registration --name "Nguyễn Văn An" --id-number 079123456789
   wardsync dossier list
+  wardsync dossier attach --name scan.pdf ID ./some.pdf     (a PDF, JPEG, PNG or TIFF)
+  wardsync dossier attachments ID                           (UPLOADED turns yes once a majority of members holds it)
+  curl -s --cacert %[11]s/admin/ca.crt --cert %[11]s/admin/node.crt --key %[11]s/admin/node.key %[2]s/v1/blobs/HASH | sha256sum
+  wardsync ops scrub --city %[2]s --tls %[11]s/admin
   wardsync ops status --city %[2]s --tls %[11]s/admin
   curl --cacert %[11]s/portal/ca.crt --cert %[11]s/portal/node.crt --key %[11]s/portal/node.key \
     -H 'Content-Type: application/json' %[2]s/v1/dossiers \
