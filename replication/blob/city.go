@@ -137,7 +137,7 @@ func (c *City) handle(ctx context.Context, conn *transport.Conn) {
 			return
 		}
 		wg.Go(func() {
-			st := &stream{s: s, r: wire.NewReader(s, maxFrame)}
+			st := newStream(s)
 			defer st.close()
 			stop := context.AfterFunc(ctx, func() { s.CancelRead(1); s.CancelWrite(1) })
 			defer stop()

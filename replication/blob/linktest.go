@@ -58,7 +58,7 @@ func LinkTest(ctx context.Context, conn *transport.Conn, node, ward string, n in
 	if err != nil {
 		return LinkTestResult{}, err
 	}
-	st := &stream{s: s, r: wire.NewReader(s, maxFrame)}
+	st := newStream(s)
 	defer st.close()
 	defer context.AfterFunc(ctx, func() { s.CancelRead(1); s.CancelWrite(1) })()
 	if err := wire.WriteMsg(s, &wire.Hello{Proto: wire.ProtoLinkTest, Node: node, Ward: ward, Versions: []uint8{wire.Version}}); err != nil {
@@ -74,22 +74,13 @@ func LinkTest(ctx context.Context, conn *transport.Conn, node, ward string, n in
 	}
 	data := make([]byte, schema.ChunkSize)
 	rand.Read(data) // incompressible, like scans
-	frame, err := wire.AppendFrame(nil, &wire.BlobChunk{Data: data})
-	if err != nil {
-		return LinkTestResult{}, err
-	}
 	start := time.Now()
 	for sent := int64(0); sent < n; {
-		f := frame
-		if left := n - sent; left < schema.ChunkSize {
-			if f, err = wire.AppendFrame(nil, &wire.BlobChunk{Data: data[:left]}); err != nil {
-				return LinkTestResult{}, err
-			}
-		}
-		if _, err := s.Write(f); err != nil {
+		k := min(n-sent, schema.ChunkSize)
+		if err := wire.WriteChunk(s, 0, data[:k]); err != nil {
 			return LinkTestResult{}, err
 		}
-		sent += min(n-sent, schema.ChunkSize)
+		sent += k
 	}
 	s.Close() // FIN: the member answers once it has read everything
 	msg, err = readMsg(st.r)

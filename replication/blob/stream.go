@@ -21,6 +21,14 @@ type stream struct {
 	r *wire.Reader
 }
 
+func newStream(s *quic.Stream) *stream {
+	r := wire.NewReader(s, maxFrame)
+	// Peers are authenticated and frames are mostly whole chunks: one
+	// allocation per frame instead of growing it.
+	r.Prealloc(maxFrame)
+	return &stream{s: s, r: r}
+}
+
 // close releases both directions, so the peer's count of open incoming
 // streams goes back down (see cluster.handleSync).
 func (st *stream) close() {
@@ -34,7 +42,7 @@ func open(ctx context.Context, conn *transport.Conn, node, ward string, first wi
 	if err != nil {
 		return nil, err
 	}
-	st := &stream{s: s, r: wire.NewReader(s, maxFrame)}
+	st := newStream(s)
 	stop := context.AfterFunc(ctx, func() { s.CancelRead(1); s.CancelWrite(1) })
 	ok := false
 	defer func() {

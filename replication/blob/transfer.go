@@ -68,6 +68,7 @@ func readMsg(r *wire.Reader) (wire.Msg, error) {
 // flight at a time, until the receiver says BlobStored.
 func send(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store, m *schema.Manifest, o Options) (*wire.BlobStored, error) {
 	var queue []uint32
+	sent := map[uint32]bool{}
 	want := func(x *wire.BlobWant) error {
 		if x.Hash != m.Hash {
 			return fmt.Errorf("%w: want for another blob", errProtocol)
@@ -75,6 +76,14 @@ func send(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store,
 		for _, i := range x.Indexes {
 			if int(i) >= len(m.Chunks) {
 				return fmt.Errorf("%w: want for chunk %d of %d", errProtocol, i, len(m.Chunks))
+			}
+			if sent[i] {
+				// Wanted again: it arrived corrupt. Check our own copy
+				// (Chunk hashes it, and deletes it if it rotted here).
+				if _, err := bs.Chunk(m.Chunks[i]); err != nil {
+					wire.SendError(w, wire.CodeNotFound, fmt.Sprintf("chunk %d of blob %s is not readable here: %v", i, m.HashHex(), err))
+					return err
+				}
 			}
 			if !slices.Contains(queue, i) {
 				queue = append(queue, i)
@@ -92,7 +101,7 @@ func send(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store,
 	var nextIdx uint32
 	load := func(i uint32) chan loaded {
 		ch := make(chan loaded, 1)
-		go func() { d, err := bs.Chunk(m.Chunks[i]); ch <- loaded{d, err} }()
+		go func() { d, err := bs.ChunkForTransfer(m.Chunks[i]); ch <- loaded{d, err} }()
 		return ch
 	}
 	sentAll := false
@@ -127,7 +136,7 @@ func send(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store,
 			if next != nil {
 				<-next
 			}
-			c.data, c.err = bs.Chunk(m.Chunks[i])
+			c.data, c.err = bs.ChunkForTransfer(m.Chunks[i])
 		}
 		next = nil
 		if c.err != nil {
@@ -146,9 +155,10 @@ func send(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store,
 				return nil, err
 			}
 		}
-		if err := wire.WriteMsg(w, &wire.BlobChunk{Index: i, Data: c.data}); err != nil {
+		if err := wire.WriteChunk(w, i, c.data); err != nil {
 			return nil, err
 		}
+		sent[i] = true
 		if o.Sent != nil {
 			o.Sent(int(i), len(c.data))
 		}

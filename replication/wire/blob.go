@@ -1,7 +1,9 @@
 package wire
 
 import (
+	"encoding/binary"
 	"fmt"
+	"io"
 
 	"github.com/wardsync/wardsync/schema"
 )
@@ -217,4 +219,24 @@ func (m *BlobStored) decodePayload(d *decoder) {
 		return
 	}
 	m.Holders = uint32(x)
+}
+
+// WriteChunk writes BlobChunk{index, data} exactly as WriteMsg would, but
+// in two writes (the header, then data as it is), so a 1 MiB chunk is not
+// copied into a frame buffer first.
+func WriteChunk(w io.Writer, index uint32, data []byte) error {
+	if index >= MaxChunkIndexes || len(data) > schema.ChunkSize {
+		return WriteMsg(w, &BlobChunk{Index: index, Data: data}) // refuses it, with the reason
+	}
+	var hdr [HeaderSize + 2*binary.MaxVarintLen64]byte
+	hdr[0], hdr[1] = Version, byte(TypeBlobChunk)
+	n := HeaderSize
+	n += binary.PutUvarint(hdr[n:], uint64(index))
+	n += binary.PutUvarint(hdr[n:], uint64(len(data)))
+	binary.BigEndian.PutUint32(hdr[2:], uint32(n-HeaderSize+len(data)))
+	if _, err := w.Write(hdr[:n]); err != nil {
+		return err
+	}
+	_, err := w.Write(data)
+	return err
 }

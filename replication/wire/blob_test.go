@@ -290,3 +290,30 @@ func TestBlobEncodeOnlyWhatDecodes(t *testing.T) {
 		})
 	}
 }
+
+// TestWriteChunkIsWriteMsg: the two-write chunk encoder writes exactly the
+// frame WriteMsg writes, and refuses what it refuses.
+func TestWriteChunkIsWriteMsg(t *testing.T) {
+	for _, size := range []int{0, 1, 127, 128, 16383, 16384, schema.ChunkSize} {
+		for _, index := range []uint32{0, 1, 200, MaxChunkIndexes - 1} {
+			data := bytes.Repeat([]byte{byte(size)}, size)
+			var a, b bytes.Buffer
+			if err := WriteMsg(&a, &BlobChunk{Index: index, Data: data}); err != nil {
+				t.Fatal(err)
+			}
+			if err := WriteChunk(&b, index, data); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(a.Bytes(), b.Bytes()) {
+				t.Fatalf("size %d index %d: WriteChunk differs from WriteMsg", size, index)
+			}
+		}
+	}
+	var b bytes.Buffer
+	if err := WriteChunk(&b, 0, make([]byte, schema.ChunkSize+1)); err == nil || b.Len() != 0 {
+		t.Fatalf("an oversized chunk: %v, %d bytes written", err, b.Len())
+	}
+	if err := WriteChunk(&b, MaxChunkIndexes, nil); err == nil || b.Len() != 0 {
+		t.Fatalf("an index out of range: %v, %d bytes written", err, b.Len())
+	}
+}

@@ -248,7 +248,17 @@ type Reader struct {
 	max int
 	hdr [HeaderSize]byte
 	err error
+	// prealloc: payloads up to this size get their whole buffer at once
+	// (see Prealloc).
+	prealloc int
 }
+
+// Prealloc makes the reader allocate a payload of up to n bytes in one
+// go instead of growing it as bytes arrive. It is for streams of an
+// authenticated peer whose frames are mostly large (blob chunks), where
+// growing costs several copies of every frame; n must not exceed the
+// reader's limit.
+func (r *Reader) Prealloc(n int) { r.prealloc = min(n, r.max) }
 
 // NewReader returns a Reader that refuses frames whose payload is larger than
 // maxFrame bytes; maxFrame <= 0 means DefaultMaxFrame.
@@ -298,7 +308,11 @@ func (r *Reader) read() (Msg, error) {
 	if err != nil {
 		return nil, err
 	}
-	payload, err := readPayload(r.r, size)
+	step := payloadStep
+	if size <= r.prealloc {
+		step = size
+	}
+	payload, err := readPayload(r.r, size, step)
 	if err != nil {
 		return nil, err
 	}
@@ -324,8 +338,8 @@ func versionErr(v byte) error {
 // large frame costs nothing until the peer actually sends it.
 const payloadStep = 64 << 10
 
-func readPayload(r io.Reader, n int) ([]byte, error) {
-	buf := make([]byte, 0, min(n, payloadStep))
+func readPayload(r io.Reader, n, step int) ([]byte, error) {
+	buf := make([]byte, 0, min(n, max(step, payloadStep)))
 	for len(buf) < n {
 		if len(buf) == cap(buf) {
 			grown := make([]byte, len(buf), min(n, 2*cap(buf)))
