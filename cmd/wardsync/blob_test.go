@@ -159,12 +159,7 @@ func TestBlobAttachOfflineThenMajority(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
 	}
-	ids := []string{"c1", "c2", "c3"}
-	e := newCityEnv(t, ids...)
-	for _, id := range ids {
-		e.start(id, "--bootstrap", e.bootstrapSpec(ids...))
-	}
-	e.waitLeader("c1", "")
+	e, ids := startCity3(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ps, city := e.proxiesFor(ctx, ids, 1)
@@ -279,6 +274,18 @@ func TestBlobAttachOfflineThenMajority(t *testing.T) {
 	})
 }
 
+// startCity3 starts a bootstrapped 3-member city and waits for a leader.
+func startCity3(t *testing.T) (*cityEnv, []string) {
+	t.Helper()
+	ids := []string{"c1", "c2", "c3"}
+	e := newCityEnv(t, ids...)
+	for _, id := range ids {
+		e.start(id, "--bootstrap", e.bootstrapSpec(ids...))
+	}
+	e.waitLeader("c1", "")
+	return e, ids
+}
+
 // execWard is runWard with extra flags.
 func execWard(t *testing.T, e *cityEnv, w *wardNode, city string, extra ...string) *exec.Cmd {
 	args := append([]string{"ward", "run", "--data", w.dir, "--http", "127.0.0.1:0",
@@ -295,12 +302,7 @@ func TestBlobRoughLink(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
 	}
-	ids := []string{"c1", "c2", "c3"}
-	e := newCityEnv(t, ids...)
-	for _, id := range ids {
-		e.start(id, "--bootstrap", e.bootstrapSpec(ids...))
-	}
-	e.waitLeader("c1", "")
+	e, ids := startCity3(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	seed := int64(chaosSeed(t))
@@ -369,12 +371,7 @@ func TestBlobScrubRepairsRottedChunk(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
 	}
-	ids := []string{"c1", "c2", "c3"}
-	e := newCityEnv(t, ids...)
-	for _, id := range ids {
-		e.start(id, "--bootstrap", e.bootstrapSpec(ids...))
-	}
-	e.waitLeader("c1", "")
+	e, ids := startCity3(t)
 	w := e.initWard("wa", schema.DefaultWards().All()[0].Code)
 	e.runWard(w, e.cityQUIC(ids...))
 	id := w.newDossier(t)

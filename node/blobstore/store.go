@@ -180,20 +180,9 @@ func (s *Store) HasChunk(h [32]byte) (bool, error) {
 // rotted on disk is deleted (so it is fetched again) and reported as
 // ErrBadChunk, never served.
 func (s *Store) Chunk(h [32]byte) ([]byte, error) {
-	var data []byte
-	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(chunkKey(h))
-		if err != nil {
-			return err
-		}
-		data, err = item.ValueCopy(nil)
-		return err
-	})
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return nil, ErrMissing
-	}
+	data, err := s.ChunkForTransfer(h)
 	if err != nil {
-		return nil, fmt.Errorf("blobstore: read chunk: %w", err)
+		return nil, err
 	}
 	if sha256.Sum256(data) != h {
 		s.log.Error("blobstore: stored chunk does not match its hash; deleting it", "chunk", fmt.Sprintf("%x", h[:8]))

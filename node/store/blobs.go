@@ -156,14 +156,7 @@ func (tx *Tx) StoredBlobs(fn func(m *schema.Manifest) error) error {
 func (tx *Tx) HoldOp(op *schema.Op, blob [32]byte) error {
 	tx.set(opKey(op.ID), op.Encode())
 	tx.set(heldKey(blob, op.ID), opKey(op.ID))
-	hw, err := tx.getUint(highWaterKey(op.ID.Origin))
-	if err != nil {
-		return err
-	}
-	if op.ID.Seq > hw {
-		tx.setUint(highWaterKey(op.ID.Origin), op.ID.Seq)
-	}
-	return nil
+	return tx.raiseHighWater(op.ID)
 }
 
 // ReleaseHeld returns the ops held for blob h and files each under its

@@ -37,12 +37,17 @@ func (tx *Tx) IndexChange(op *schema.Op, index uint64) error {
 	} else if ok && string(tracker) != op.Ward {
 		tx.set(changeKey(string(tracker), index, op.ID), opKey(op.ID))
 	}
-	hw, err := tx.getUint(highWaterKey(op.ID.Origin))
+	return tx.raiseHighWater(op.ID)
+}
+
+// raiseHighWater records that origin's ops are stored up to id.Seq.
+func (tx *Tx) raiseHighWater(id schema.OpID) error {
+	hw, err := tx.getUint(highWaterKey(id.Origin))
 	if err != nil {
 		return err
 	}
-	if op.ID.Seq > hw {
-		tx.setUint(highWaterKey(op.ID.Origin), op.ID.Seq)
+	if id.Seq > hw {
+		tx.setUint(highWaterKey(id.Origin), id.Seq)
 	}
 	return nil
 }
