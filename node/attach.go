@@ -126,14 +126,15 @@ func (n *Node) Attach(ctx context.Context, who store.Official, dossierID, name s
 			out = a
 			return nil
 		}
-		if _, err := n.appendOp(tx, who, &d, schema.KindAttach, raw); err != nil {
+		op, err := n.appendOp(tx, who, &d, schema.KindAttach, raw)
+		if err != nil {
 			return err
 		}
 		a, ok := findAttachment(&d, hash)
 		if !ok {
 			return fmt.Errorf("node: the attach op of %s did not attach it", hash)
 		}
-		tx.MarkUpload(m.Hash)
+		tx.MarkUpload(m.Hash, op.ID.Seq)
 		out, created = a, true
 		return nil
 	})

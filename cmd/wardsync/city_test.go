@@ -245,7 +245,7 @@ func TestCityClusterSurvivesLeaderKill(t *testing.T) {
 	t.Logf("killed leader %s; new leader %s", leader, newLeader)
 	// Enough entries while it is down that its log position is compacted
 	// away (threshold 40, trailing 10): it must catch up from a snapshot.
-	for i := 30; i < 130; i++ {
+	for i := 30; i < 230; i++ {
 		d, err := e.submit(alive[i%2], i)
 		if err != nil {
 			t.Fatal(err)

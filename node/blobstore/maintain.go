@@ -214,6 +214,11 @@ func (r *Reader) Read(p []byte) (int, error) {
 		if err != nil {
 			return 0, err
 		}
+		if len(c) != schema.ChunkLen(r.m.Size, i) {
+			// A manifest whose chunk lengths do not add up to its size
+			// (never one the city verified): fail, do not spin.
+			return 0, fmt.Errorf("blobstore: chunk %d is %d bytes, the manifest implies %d: %w", i, len(c), schema.ChunkLen(r.m.Size, i), io.ErrUnexpectedEOF)
+		}
 		r.idx, r.chunk = i, c
 	}
 	n := copy(p, r.chunk[r.off-int64(i)*schema.ChunkSize:])

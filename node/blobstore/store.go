@@ -87,9 +87,11 @@ func Open(o Options) (*Store, error) {
 		}
 	}
 	bo := badger.DefaultOptions(filepath.Join(o.Dir, "db")).
-		// Chunks are synced explicitly (Sync) before a blob is acknowledged;
-		// a chunk lost before that is simply fetched again.
-		WithSyncWrites(false).
+		// Every write is synced. Sync alone is not enough: badger's Sync
+		// flushes only the active memtable's log, and a memtable swapped
+		// out meanwhile would lose the pointers to chunks already
+		// acknowledged. At 1 MiB per write the fsyncs are cheap.
+		WithSyncWrites(true).
 		WithVerifyValueChecksum(true).
 		WithChecksumVerificationMode(options.OnTableAndBlockRead).
 		WithDetectConflicts(false).
@@ -257,8 +259,12 @@ func decodeManifest(h [32]byte, b []byte) (schema.Manifest, int64, error) {
 	return m, created, m.Validate()
 }
 
-// PutManifest records a blob's manifest (once: a manifest already held
-// keeps its creation time, which the grace period of GC counts from).
+// PutManifest records a blob's manifest, replacing any earlier one for
+// the same hash, and stamps it now: GC's grace period counts from the last
+// time the blob was stored, so an old unreferenced blob imported again is
+// not collected before its new op refers to it. Callers that must not let
+// a manifest be replaced (a city member holding a verified one) check
+// first.
 func (s *Store) PutManifest(m *schema.Manifest) error {
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()
@@ -270,13 +276,15 @@ func (s *Store) putManifest(m *schema.Manifest) error {
 		return err
 	}
 	return s.db.Update(func(txn *badger.Txn) error {
-		if _, err := txn.Get(manifestKey(m.Hash)); err == nil {
-			return nil
-		} else if !errors.Is(err, badger.ErrKeyNotFound) {
-			return err
-		}
 		return txn.Set(manifestKey(m.Hash), encodeManifest(m, s.now().UnixMilli()))
 	})
+}
+
+// DeleteManifest forgets blob h's manifest (its chunks go with the next
+// GC unless another manifest lists them): for content that failed its
+// whole-blob hash.
+func (s *Store) DeleteManifest(h [32]byte) error {
+	return s.db.Update(func(txn *badger.Txn) error { return txn.Delete(manifestKey(h)) })
 }
 
 // Manifest returns a blob's manifest, if held.

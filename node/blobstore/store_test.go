@@ -261,15 +261,17 @@ func TestMissingAndComplete(t *testing.T) {
 	}
 }
 
-func TestPutManifestKeepsFirstCreation(t *testing.T) {
+// TestPutManifestRefreshesCreation: storing a manifest again restarts its
+// GC grace period (a blob imported again is as new as its new op).
+func TestPutManifestRefreshesCreation(t *testing.T) {
 	c := newClock()
 	s := openAt(t, t.TempDir(), c.Now)
 	m, _ := manifestOf(pdf(10, 3), schema.TypePDF)
-	first := c.Now()
 	if err := s.PutManifest(&m); err != nil {
 		t.Fatal(err)
 	}
 	c.Advance(48 * time.Hour)
+	first := c.Now()
 	if err := s.PutManifest(&m); err != nil {
 		t.Fatal(err)
 	}

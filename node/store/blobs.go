@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 
@@ -76,9 +77,28 @@ func (tx *Tx) blobList(prefix []byte, limit int) ([][32]byte, error) {
 	return out, err
 }
 
-// MarkUpload records that blob h, named by an attach op of this node,
-// must still reach the city.
-func (tx *Tx) MarkUpload(h [32]byte) { tx.set(uploadKey(h), nil) }
+// MarkUpload records that blob h, named by this node's attach op seq,
+// must still reach the city. The blob goes up only once the city holds the
+// op (metadata first; and the city takes a ward's blob only for an attach
+// op of that ward that waits for it).
+func (tx *Tx) MarkUpload(h [32]byte, seq uint64) {
+	if cur, ok, _ := tx.UploadSeq(h); ok && cur <= seq {
+		return // the earliest op naming it is the one to wait for
+	}
+	tx.setUint(uploadKey(h), seq)
+}
+
+// UploadSeq returns the seq of the attach op blob h's upload waits for.
+func (tx *Tx) UploadSeq(h [32]byte) (uint64, bool, error) {
+	v, ok, err := tx.get(uploadKey(h))
+	if err != nil || !ok {
+		return 0, false, err
+	}
+	if len(v) != 8 {
+		return 0, true, nil // written before seqs were kept: no wait
+	}
+	return binary.BigEndian.Uint64(v), true, nil
+}
 
 // ClearUpload records that the city holds blob h on a majority.
 func (tx *Tx) ClearUpload(h [32]byte) { tx.del(uploadKey(h)) }
@@ -159,10 +179,11 @@ func (tx *Tx) HoldOp(op *schema.Op, blob [32]byte) error {
 	return tx.raiseHighWater(op.ID)
 }
 
-// ReleaseHeld returns the ops held for blob h and files each under its
-// dossier and its ward's change index at Raft index. staged are ops held
-// earlier in this same write, which a scan of the store cannot see yet.
-func (tx *Tx) ReleaseHeld(h [32]byte, index uint64, staged []schema.Op) ([]schema.Op, error) {
+// ReleaseHeld returns origin's ops held for blob h and files each under
+// its dossier and its ward's change index at Raft index. staged are ops
+// held earlier in this same write, which a scan of the store cannot see
+// yet.
+func (tx *Tx) ReleaseHeld(h [32]byte, origin string, index uint64, staged []schema.Op) ([]schema.Op, error) {
 	var out []schema.Op
 	var keys [][]byte
 	seen := map[schema.OpID]bool{}
@@ -173,7 +194,7 @@ func (tx *Tx) ReleaseHeld(h [32]byte, index uint64, staged []schema.Op) ([]schem
 			keys = append(keys, heldKey(h, op.ID))
 		}
 	}
-	err := tx.scan(heldPrefix(h), nil, false, true, func(k, ref []byte) (bool, error) {
+	err := tx.scan(heldOriginPrefix(h, origin), nil, false, true, func(k, ref []byte) (bool, error) {
 		b, ok, err := tx.get(ref)
 		if err != nil || !ok {
 			return false, fmt.Errorf("store: held op %q missing: %v", ref, err)
@@ -222,6 +243,17 @@ func (tx *Tx) UploadPending(h [32]byte) (bool, error) {
 func (tx *Tx) HasHeld(h [32]byte) (bool, error) {
 	found := false
 	err := tx.scan(heldPrefix(h), nil, false, false, func(_, _ []byte) (bool, error) {
+		found = true
+		return false, nil
+	})
+	return found, err
+}
+
+// HeldFor reports whether an attach op of origin waits for blob h: a ward
+// may upload a blob only for such an op.
+func (tx *Tx) HeldFor(h [32]byte, origin string) (bool, error) {
+	found := false
+	err := tx.scan(heldOriginPrefix(h, origin), nil, false, false, func(_, _ []byte) (bool, error) {
 		found = true
 		return false, nil
 	})

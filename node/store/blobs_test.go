@@ -76,10 +76,10 @@ func TestUploadMarks(t *testing.T) {
 		t.Fatalf("fresh store has uploads pending: %x", got)
 	}
 	mustWrite(t, s, func(tx *Tx) error {
-		tx.MarkUpload(c)
-		tx.MarkUpload(a)
-		tx.MarkUpload(b)
-		tx.MarkUpload(a) // twice is once
+		tx.MarkUpload(c, 1)
+		tx.MarkUpload(a, 1)
+		tx.MarkUpload(b, 1)
+		tx.MarkUpload(a, 1) // twice is once
 		return nil
 	})
 	if got, want := pending(10), sortedHashes(a, b, c); !slices.Equal(got, want) {
@@ -115,7 +115,7 @@ func TestFetchMarks(t *testing.T) {
 	fetches := func() [][32]byte {
 		return view(t, s, func(tx *Tx) ([][32]byte, error) { return tx.PendingFetches(100) })
 	}
-	mustWrite(t, s, func(tx *Tx) error { tx.MarkFetch(a); tx.MarkFetch(b); tx.MarkUpload(a); return nil })
+	mustWrite(t, s, func(tx *Tx) error { tx.MarkFetch(a); tx.MarkFetch(b); tx.MarkUpload(a, 1); return nil })
 	if got, want := fetches(), sortedHashes(a, b); !slices.Equal(got, want) {
 		t.Fatalf("PendingFetches = %x, want %x", got, want)
 	}
@@ -133,7 +133,7 @@ func TestFetchMarks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mustWrite(t, s2, func(tx *Tx) error { tx.MarkFetch(a); tx.MarkUpload(b); return nil })
+	mustWrite(t, s2, func(tx *Tx) error { tx.MarkFetch(a); tx.MarkUpload(b, 1); return nil })
 	if err := s2.Close(); err != nil {
 		t.Fatal(err)
 	}

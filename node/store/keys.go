@@ -173,6 +173,10 @@ func heldKey(h [32]byte, id schema.OpID) []byte {
 
 func heldPrefix(h [32]byte) []byte { return cat(prefixHeld, h[:]) }
 
+func heldOriginPrefix(h [32]byte, origin string) []byte {
+	return append(append(cat(prefixHeld, h[:]), origin...), sep)
+}
+
 func uploadKey(h [32]byte) []byte { return cat(prefixUpload, h[:]) }
 
 func fetchKey(h [32]byte) []byte { return cat(prefixFetch, h[:]) }

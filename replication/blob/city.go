@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sort"
 	gosync "sync"
 	"time"
@@ -51,6 +52,7 @@ type City struct {
 	// copying dedupes concurrent majority copies of one blob.
 	mu      gosync.Mutex
 	copying map[[32]byte]*copyJob
+	closed  bool
 	repairs chan struct{}
 	bg      gosync.WaitGroup
 	ctx     context.Context
@@ -122,9 +124,29 @@ func (c *City) Run(ctx context.Context) error {
 
 // Close stops background copies and closes member connections.
 func (c *City) Close() {
+	c.mu.Lock()
+	c.closed = true
 	c.cancel()
+	c.mu.Unlock()
 	c.bg.Wait()
 	c.peers.close()
+}
+
+// spawn runs f in the background unless the service is closing (then f
+// runs at once, and fails on the canceled context).
+func (c *City) spawn(f func()) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		f()
+		return
+	}
+	c.bg.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.bg.Done()
+		f()
+	}()
 }
 
 // handle serves one blob connection: one transfer per stream.
@@ -197,17 +219,36 @@ func (c *City) serve(ctx context.Context, conn *transport.Conn, st *stream) {
 			c.refuse(st.s, peer, wire.CodeFor(err), err.Error())
 			return
 		}
+		o := c.opts()
+		var done func(context.Context) (uint32, error)
+		if peer.Role != schema.PeerCity {
+			verified, already, err := c.mayPut(peer, &m)
+			if err != nil {
+				c.refuse(st.s, peer, wire.CodeFor(err), err.Error())
+				return
+			}
+			if already {
+				// Done before (the ward missed the answer): say so again.
+				// Nothing is released by it; a held op needs an upload.
+				if wire.WriteMsg(st.s, &wire.Welcome{Version: v, Node: c.c.NodeID()}) == nil &&
+					wire.WriteMsg(st.s, &wire.BlobWant{Hash: m.Hash, Indexes: []uint32{}}) == nil {
+					voters, _ := c.c.Voters()
+					wire.WriteMsg(st.s, &wire.BlobStored{Hash: m.Hash, Holders: uint32(voters/2 + 1)})
+				}
+				return
+			}
+			// From a ward: its content is checked whole (unless it is a
+			// blob already verified), it must show it has the content
+			// even if the city holds it, and it is acknowledged only once
+			// a majority holds it and that is committed.
+			o.VerifyWhole, o.Prove = !verified, true
+			done = func(ctx context.Context) (uint32, error) { return c.commit(ctx, &m, peer.Node) }
+		}
 		if wire.WriteMsg(st.s, &wire.Welcome{Version: v, Node: c.c.NodeID()}) != nil {
 			return
 		}
-		var done func(context.Context) (uint32, error)
-		if peer.Role != schema.PeerCity {
-			// From a ward: acknowledged only once a majority holds it and
-			// that is committed.
-			done = func(ctx context.Context) (uint32, error) { return c.commit(ctx, &m) }
-		}
 		start := time.Now()
-		err := receive(ctx, st.s, st.r, c.bs, &m, c.opts(), done)
+		err := receive(ctx, st.s, st.r, c.bs, &m, o, done)
 		c.m.transfer("in", peer.Role, err, time.Since(start))
 		if err != nil && ctx.Err() == nil {
 			c.log.Debug("blob: put ended", "peer", peer.Node, "blob", m.HashHex()[:12], "err", err)
@@ -240,6 +281,44 @@ func (c *City) opts() Options {
 		Received: func(_, n int) { c.m.bytesIn.Add(float64(n)); c.m.chunksIn.Inc() },
 		Bad:      func(int) { c.m.badChunks.Inc() },
 	}
+}
+
+// mayPut decides whether a ward may upload blob m: only for an attach op
+// of its own that waits for it (so no ward can fill the city's disks with
+// blobs no dossier needs), and only with the manifest the city recorded,
+// if it has one. verified says the manifest is that recorded one.
+//
+// A blob recorded as stored that no op of this ward waits for any more was
+// uploaded before and the ward did not hear the answer: already says so,
+// and the ward is told BlobStored again without sending anything.
+func (c *City) mayPut(peer schema.PeerIdentity, m *schema.Manifest) (verified, already bool, err error) {
+	err = c.c.Store().View(func(tx *store.Tx) error {
+		held, err := tx.HeldFor(m.Hash, peer.Node)
+		if err != nil {
+			return err
+		}
+		rec, stored, err := tx.BlobStored(m.Hash)
+		if err != nil {
+			return err
+		}
+		if stored && !sameManifest(&rec, m) {
+			return fmt.Errorf("%w: blob %s is recorded with another manifest", schema.ErrInvalid, m.HashHex()[:12])
+		}
+		switch {
+		case held:
+			verified = stored
+		case stored:
+			already = true
+		default:
+			return fmt.Errorf("%w: no attach op of %s waits for blob %s; its ops must reach the city first", schema.ErrConflict, peer.Node, m.HashHex()[:12])
+		}
+		return nil
+	})
+	return verified, already, err
+}
+
+func sameManifest(a, b *schema.Manifest) bool {
+	return a.Hash == b.Hash && a.Size == b.Size && a.Type == b.Type && slices.Equal(a.Chunks, b.Chunks)
 }
 
 // mayRead decides whether peer may get blob h: a member may get any; a
@@ -312,7 +391,7 @@ func (c *City) local(ctx context.Context, h [32]byte, fetch bool) (schema.Manife
 // commit makes sure a majority of members holds m, then records that
 // through Raft (which applies the attach ops held for it). It returns the
 // number of members known to hold it.
-func (c *City) commit(ctx context.Context, m *schema.Manifest) (uint32, error) {
+func (c *City) commit(ctx context.Context, m *schema.Manifest, origin string) (uint32, error) {
 	var stored bool
 	if err := c.c.Store().View(func(tx *store.Tx) error {
 		var err error
@@ -325,18 +404,18 @@ func (c *City) commit(ctx context.Context, m *schema.Manifest) (uint32, error) {
 	if err != nil {
 		return 0, fmt.Errorf("%w: %v", schema.ErrUnavailable, err)
 	}
-	if stored {
-		// A majority held it when it was recorded; the repair loop brings
-		// every member up to date.
-		return uint32(voters/2 + 1), nil
-	}
-	holders, err := c.copyToMajority(ctx, m)
-	if err != nil {
-		return 0, err
+	// A blob already recorded was on a majority then; the repair loop
+	// keeps every member up to date. It is recorded again for this
+	// origin, which releases this ward's attach ops.
+	holders := uint32(voters/2 + 1)
+	if !stored {
+		if holders, err = c.copyToMajority(ctx, m); err != nil {
+			return 0, err
+		}
 	}
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	res, err := c.c.Propose(pctx, cluster.Command{Kind: cluster.KindBlob, Blob: cluster.NewBlobCmd(m)})
+	res, err := c.c.Propose(pctx, cluster.Command{Kind: cluster.KindBlob, Blob: cluster.NewBlobCmd(m, origin)})
 	if err != nil {
 		return 0, fmt.Errorf("%w: record blob: %v", schema.ErrUnavailable, err)
 	}
@@ -407,7 +486,7 @@ func (c *City) copyRun(ctx context.Context, m *schema.Manifest) (uint32, error) 
 		id := peers[next]
 		next++
 		running++
-		c.bg.Go(func() {
+		c.spawn(func() {
 			// The copy outlives the ward's request if it must.
 			cctx, cancel := context.WithTimeout(c.ctx, c.cfg.CopyTimeout)
 			defer cancel()
@@ -528,7 +607,10 @@ func (c *City) repairPass(ctx context.Context) {
 			c.log.Error("blob repair: cannot store manifest", "err", err)
 			continue
 		}
-		if err := c.fetch(ctx, m); err != nil {
+		fctx, cancel := context.WithTimeout(ctx, c.cfg.CopyTimeout)
+		err := c.fetch(fctx, m)
+		cancel()
+		if err != nil {
 			c.log.Warn("blob repair: blob still missing here", "blob", m.HashHex()[:12], "err", err)
 			continue
 		}
@@ -563,7 +645,12 @@ func (c *City) gc(ctx context.Context) (blobstore.GCReport, error) {
 			if keep, err = tx.BlobReferenced(h); err != nil || keep {
 				return err
 			}
-			keep, err = tx.HasHeld(h)
+			if keep, err = tx.HasHeld(h); err != nil || keep {
+				return err
+			}
+			// Recorded as on a majority: never collected behind the
+			// record's back.
+			_, keep, err = tx.BlobStored(h)
 			return err
 		})
 		return keep, err

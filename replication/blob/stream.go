@@ -141,11 +141,14 @@ func (p *peerConns) get(ctx context.Context, addr string) (*transport.Conn, erro
 		return nil, err
 	}
 	p.mu.Lock()
-	if old := p.m[addr]; old != nil && old != c {
-		old.CloseWithError(0, "replaced")
+	defer p.mu.Unlock()
+	if cur := p.m[addr]; cur != nil && cur.Context().Err() == nil {
+		// Another transfer dialed at the same time and won: share its
+		// connection (it may be in use; never close it under them).
+		c.CloseWithError(0, "duplicate")
+		return cur, nil
 	}
 	p.m[addr] = c
-	p.mu.Unlock()
 	return c, nil
 }
 

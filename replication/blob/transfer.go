@@ -2,9 +2,12 @@ package blob
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
+	"math/rand/v2"
 	"slices"
 
 	"golang.org/x/time/rate"
@@ -35,6 +38,15 @@ type Options struct {
 	Received func(index int, bytes int)
 	// Bad, if set, is called for each chunk that failed its hash.
 	Bad func(index int)
+	// VerifyWhole (receiver): check that the chunks, in order, hash to the
+	// blob's hash before saying BlobStored, so a forged manifest (chunks
+	// that match their own hashes but are not the blob) is refused. For
+	// blobs from wards; members trust each other.
+	VerifyWhole bool
+	// Prove (receiver): if every chunk is already held, ask for one at
+	// random anyway, so the sender shows it has the content and not only
+	// its hash.
+	Prove bool
 	// SentAll, if set, is called when every chunk wanted so far has been
 	// acknowledged and the sender only waits for BlobStored: another
 	// transfer may start sending then without two sharing the link.
@@ -122,6 +134,9 @@ func send(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store,
 				}
 				continue
 			case *wire.BlobStored:
+				if x.Hash != m.Hash {
+					return nil, fmt.Errorf("%w: BlobStored for another blob", errProtocol)
+				}
 				return x, nil
 			default:
 				return nil, fmt.Errorf("%w: expected BlobWant, got %T", errProtocol, msg)
@@ -186,6 +201,9 @@ func send(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store,
 					return nil, err
 				}
 			case *wire.BlobStored:
+				if x.Hash != m.Hash {
+					return nil, fmt.Errorf("%w: BlobStored for another blob", errProtocol)
+				}
 				return x, nil
 			default:
 				return nil, fmt.Errorf("%w: expected BlobAck, got %T", errProtocol, msg)
@@ -217,6 +235,9 @@ func receive(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Sto
 		wire.SendError(w, wire.CodeInternal, "cannot read the blob store")
 		return err
 	}
+	if len(missing) == 0 && o.Prove {
+		missing = []int{rand.IntN(len(m.Chunks))}
+	}
 	idx := make([]uint32, len(missing))
 	wanted := make(map[uint32]bool, len(missing))
 	for i, x := range missing {
@@ -225,8 +246,17 @@ func receive(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Sto
 	if err := wire.WriteMsg(w, &wire.BlobWant{Hash: m.Hash, Indexes: idx}); err != nil {
 		return err
 	}
+	whole := &wholeHash{h: sha256.New()}
 	if len(wanted) > 0 {
-		if err := receiveChunks(ctx, w, r, bs, m, o, wanted); err != nil {
+		if err := receiveChunks(ctx, w, r, bs, m, o, wanted, whole); err != nil {
+			return err
+		}
+	}
+	if o.VerifyWhole {
+		if err := whole.finish(bs, m); err != nil {
+			// The manifest lied: forget it, so the real one can be stored.
+			bs.DeleteManifest(m.Hash)
+			wire.SendError(w, wire.CodeFor(err), err.Error())
 			return err
 		}
 	}
@@ -248,7 +278,40 @@ func receive(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Sto
 	return wire.WriteMsg(w, &wire.BlobStored{Hash: m.Hash, Holders: holders})
 }
 
-func receiveChunks(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store, m *schema.Manifest, o Options, wanted map[uint32]bool) error {
+// wholeHash hashes a blob's chunks in order as they are stored; chunks
+// that arrive out of order (a resumed or repaired transfer) are read back
+// from the store at the end.
+type wholeHash struct {
+	h    hash.Hash
+	next int // the first chunk not yet hashed
+}
+
+// add hashes chunk i if it is the next one.
+func (wh *wholeHash) add(i int, data []byte) {
+	if i == wh.next {
+		wh.h.Write(data)
+		wh.next++
+	}
+}
+
+// finish hashes the chunks not hashed on arrival and checks the result.
+func (wh *wholeHash) finish(bs *blobstore.Store, m *schema.Manifest) error {
+	for ; wh.next < len(m.Chunks); wh.next++ {
+		data, err := bs.ChunkForTransfer(m.Chunks[wh.next])
+		if err != nil {
+			return err
+		}
+		wh.h.Write(data)
+	}
+	var sum [32]byte
+	copy(sum[:], wh.h.Sum(nil))
+	if sum != m.Hash {
+		return fmt.Errorf("%w: the chunks of blob %s do not hash to it (a forged manifest)", schema.ErrBadSignature, m.HashHex())
+	}
+	return nil
+}
+
+func receiveChunks(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store, m *schema.Manifest, o Options, wanted map[uint32]bool, whole *wholeHash) error {
 	type result struct {
 		index uint32
 		size  int
@@ -284,7 +347,11 @@ func receiveChunks(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobsto
 	go func() {
 		defer close(stored)
 		for c := range work {
-			results <- result{c.Index, len(c.Data), bs.PutChunk(m.Chunks[c.Index], c.Data)}
+			err := bs.PutChunk(m.Chunks[c.Index], c.Data)
+			if err == nil {
+				whole.add(int(c.Index), c.Data)
+			}
+			results <- result{c.Index, len(c.Data), err}
 		}
 	}()
 	// However receive ends, what arrived in full is stored first.
@@ -303,6 +370,9 @@ func receiveChunks(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobsto
 		case c := <-frames:
 			if !wanted[c.Index] || pending[c.Index] {
 				return fail(wire.CodeBadFrame, fmt.Errorf("%w: chunk %d was not asked for", errProtocol, c.Index))
+			}
+			if want := schema.ChunkLen(m.Size, int(c.Index)); len(c.Data) != want {
+				return fail(wire.CodeInvalid, fmt.Errorf("%w: chunk %d is %d bytes, the manifest's size implies %d", schema.ErrInvalid, c.Index, len(c.Data), want))
 			}
 			pending[c.Index] = true
 			if err := wire.WriteMsg(w, &wire.BlobAck{Index: c.Index}); err != nil {

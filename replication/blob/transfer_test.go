@@ -65,6 +65,12 @@ func (c *cutConn) Write(p []byte) (int, error) {
 // sender wrote and the receive error.
 func transfer(t testing.TB, src, dst *blobstore.Store, m *schema.Manifest, cutAfter int64) (int, error) {
 	t.Helper()
+	return transferOpts(t, src, dst, m, cutAfter, Options{})
+}
+
+// transferOpts is transfer with the receiver's options.
+func transferOpts(t testing.TB, src, dst *blobstore.Store, m *schema.Manifest, cutAfter int64, ro Options) (int, error) {
+	t.Helper()
 	a, b := net.Pipe()
 	var w net.Conn = a
 	if cutAfter > 0 {
@@ -81,7 +87,7 @@ func transfer(t testing.TB, src, dst *blobstore.Store, m *schema.Manifest, cutAf
 		a.Close()
 		sendDone <- err
 	}()
-	err := receive(ctx, b, wire.NewReader(b, maxFrame), dst, m, Options{}, nil)
+	err := receive(ctx, b, wire.NewReader(b, maxFrame), dst, m, ro, nil)
 	b.Close()
 	<-sendDone
 	return sent, err
@@ -289,5 +295,62 @@ func TestTransferRefusesAChunkNotAskedFor(t *testing.T) {
 	}
 	if err := <-recvDone; !errors.Is(err, schema.ErrInvalid) {
 		t.Fatalf("receive: %v", err)
+	}
+}
+
+// TestTransferRefusesForgedManifest: chunks that each match their own
+// hash but are not the blob named by the manifest's hash are refused when
+// the receiver checks the whole (as a member does for a ward's upload),
+// and the forged manifest is not kept.
+func TestTransferRefusesForgedManifest(t *testing.T) {
+	src, dst := openStore(t), openStore(t)
+	m := importBlob(t, src, pdf(t, 3*schema.ChunkSize))
+	forged := m
+	forged.Hash = sha256.Sum256([]byte("someone else's scan"))
+	_, err := transferOpts(t, src, dst, &forged, 0, Options{VerifyWhole: true})
+	if !errors.Is(err, schema.ErrBadSignature) {
+		t.Fatalf("forged manifest: %v, want a bad-signature refusal", err)
+	}
+	if _, ok, _ := dst.Manifest(forged.Hash); ok {
+		t.Fatal("the forged manifest was kept")
+	}
+	// The honest manifest goes through, resumed from the chunks that came.
+	if _, err := transferOpts(t, src, dst, &m, 0, Options{VerifyWhole: true}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := dst.Complete(m.Hash); !ok {
+		t.Fatal("the honest blob is not complete")
+	}
+}
+
+// TestTransferRefusesChunkOfWrongLength: a manifest whose size does not
+// match its chunks is refused at the first chunk that disagrees.
+func TestTransferRefusesChunkOfWrongLength(t *testing.T) {
+	src, dst := openStore(t), openStore(t)
+	m := importBlob(t, src, pdf(t, 2*schema.ChunkSize))
+	lie := m
+	lie.Size -= 5 // still two chunks, but the last should be 5 bytes shorter
+	_, err := transfer(t, src, dst, &lie, 0)
+	if !errors.Is(err, schema.ErrInvalid) {
+		t.Fatalf("chunk longer than the manifest says: %v, want invalid", err)
+	}
+}
+
+// TestTransferProveAsksForAChunkAlreadyHeld: a receiver that holds every
+// chunk still asks for one when told to make the sender prove it has the
+// content; a sender without it fails.
+func TestTransferProveAsksForAChunkAlreadyHeld(t *testing.T) {
+	src, dst := openStore(t), openStore(t)
+	m := importBlob(t, src, pdf(t, 2*schema.ChunkSize))
+	if _, err := transfer(t, src, dst, &m, 0); err != nil {
+		t.Fatal(err)
+	}
+	sent, err := transferOpts(t, src, dst, &m, 0, Options{Prove: true})
+	if err != nil || sent != 1 {
+		t.Fatalf("proof: %d chunks sent (%v), want 1", sent, err)
+	}
+	empty := openStore(t) // knows the manifest, has no chunk
+	if _, err := transferOpts(t, empty, dst, &m, 0, Options{Prove: true}); err == nil {
+		t.Fatal("a sender without the content passed the proof")
 	}
 }

@@ -228,6 +228,9 @@ func (w *Ward) begin(direction string, m *schema.Manifest, missing int) {
 	w.mu.Unlock()
 }
 
+// blobRetry is how long a refused blob waits before it is tried again.
+const blobRetry = 30 * time.Second
+
 // uploadsWaiting bounds the uploads that have sent all their chunks and
 // wait for the city's BlobStored (a majority copy and a Raft commit).
 const uploadsWaiting = 4
@@ -239,7 +242,9 @@ const uploadsWaiting = 4
 // has all its chunks acknowledged and only waits for the city's copies.
 func (w *Ward) uploads(ctx context.Context, conn *transport.Conn) error {
 	n := w.cfg.Node
-	tick := time.NewTicker(2 * time.Second)
+	// The push cursor moving (an attach op acknowledged) is not a local
+	// write, so a short tick notices it.
+	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	type upDone struct {
 		h   [32]byte
@@ -248,23 +253,57 @@ func (w *Ward) uploads(ctx context.Context, conn *transport.Conn) error {
 	done := make(chan upDone, uploadsWaiting)
 	sending := make(chan struct{}, 1)
 	inflight := map[[32]byte]bool{}
+	failed := map[[32]byte]time.Time{} // refused blobs, retried after a while
 	handle := func(d upDone) error {
 		delete(inflight, d.h)
-		return d.err
+		if d.err == nil {
+			delete(failed, d.h)
+			return nil
+		}
+		if conn.Context().Err() != nil || ctx.Err() != nil {
+			return d.err // the link is gone: the session ends
+		}
+		// This blob's problem only (refused, or unreadable here): the
+		// others go on, and it is tried again later.
+		failed[d.h] = time.Now()
+		w.mu.Lock()
+		w.lastErr = d.err.Error()
+		w.mu.Unlock()
+		w.log.Warn("blob: upload refused; retrying it later", "blob", fmt.Sprintf("%x", d.h[:6]), "err", d.err)
+		return nil
 	}
 	for {
 		wake := n.LocalWrites()
 		var pending [][32]byte
+		var acked uint64
+		ready := map[[32]byte]bool{}
 		if err := n.Store().View(func(tx *store.Tx) error {
 			var err error
-			pending, err = tx.PendingUploads(64)
-			return err
+			if pending, err = tx.PendingUploads(256); err != nil {
+				return err
+			}
+			if acked, err = tx.PushAcked(); err != nil {
+				return err
+			}
+			for _, h := range pending {
+				// Metadata first: a blob goes up once the city holds the
+				// attach op that names it.
+				seq, _, err := tx.UploadSeq(h)
+				if err != nil {
+					return err
+				}
+				ready[h] = seq <= acked
+			}
+			return nil
 		}); err != nil {
 			return err
 		}
 		started := false
 		for _, h := range pending {
-			if inflight[h] || len(inflight) >= uploadsWaiting {
+			if inflight[h] || len(inflight) >= uploadsWaiting || !ready[h] {
+				continue
+			}
+			if t, ok := failed[h]; ok && time.Since(t) < blobRetry {
 				continue
 			}
 			m, ok, err := n.Blobs().Manifest(h)

@@ -96,7 +96,7 @@ func TestFSMHoldsAttachUntilBlobOnMajority(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	stored := entry(t, 2, Command{Kind: KindBlob, Blob: NewBlobCmd(&m)})
+	stored := entry(t, 2, Command{Kind: KindBlob, Blob: NewBlobCmd(&m, "hcm001-a")})
 	for _, f := range []*fsm{a, b, snap} {
 		r := f.ApplyBatch([]*raft.Log{stored})[0].(*entryResult).Results[0]
 		if r.Code != "" || r.Applied != 1 {
@@ -126,8 +126,9 @@ func TestFSMHoldsAttachUntilBlobOnMajority(t *testing.T) {
 	if len(refs) != 1 || refs[0] != ops[0].Dossier {
 		t.Fatalf("blob refs %v", refs)
 	}
-	// The same content attached later is applied at once: a majority
-	// already holds it.
+	// The same content attached by another office is held too, until that
+	// office has uploaded it itself: knowing a hash is not having the scan
+	// (else any ward could attach a hash it saw and then read the scan).
 	again := attachOps(t, &m)
 	for i := range again {
 		again[i].ID.Origin = "hcm001-b"
@@ -142,8 +143,37 @@ func TestFSMHoldsAttachUntilBlobOnMajority(t *testing.T) {
 	}
 	a.ApplyBatch([]*raft.Log{entry(t, 3, Command{Kind: KindOps, Ops: again, Pusher: &Pusher{Node: "hcm001-b", Wards: []string{"HCM001"}}})})
 	a.st.View(func(tx *store.Tx) error { d, _, _ = tx.Dossier(again[0].Dossier); return nil })
+	if len(d.Attachments) != 0 {
+		t.Fatalf("another office's attach of a stored blob was applied before it uploaded: %+v", d.Attachments)
+	}
+	var heldForB, heldForA bool
+	a.st.View(func(tx *store.Tx) error {
+		heldForB, _ = tx.HeldFor(m.Hash, "hcm001-b")
+		heldForA, _ = tx.HeldFor(m.Hash, "hcm001-a")
+		return nil
+	})
+	if !heldForB || heldForA {
+		t.Fatalf("held for b %v (want true), for a %v (want false)", heldForB, heldForA)
+	}
+	// A's record does not release B's op; B's own does.
+	r := a.ApplyBatch([]*raft.Log{entry(t, 4, Command{Kind: KindBlob, Blob: NewBlobCmd(&m, "hcm001-a")})})[0].(*entryResult).Results[0]
+	if r.Applied != 0 {
+		t.Fatalf("a's blob command released %d ops of b", r.Applied)
+	}
+	r = a.ApplyBatch([]*raft.Log{entry(t, 5, Command{Kind: KindBlob, Blob: NewBlobCmd(&m, "hcm001-b")})})[0].(*entryResult).Results[0]
+	if r.Applied != 1 {
+		t.Fatalf("b's blob command released %d ops, want 1", r.Applied)
+	}
+	a.st.View(func(tx *store.Tx) error { d, _, _ = tx.Dossier(again[0].Dossier); return nil })
 	if len(d.Attachments) != 1 {
-		t.Fatalf("attach of a blob already stored was held: %+v", d)
+		t.Fatalf("b's attach after its upload: %+v", d)
+	}
+	// A different manifest under the same hash (a forgery) is refused.
+	forged := m
+	forged.Chunks = [][32]byte{m.Chunks[2], m.Chunks[1], m.Chunks[0]}
+	r = a.ApplyBatch([]*raft.Log{entry(t, 6, Command{Kind: KindBlob, Blob: NewBlobCmd(&forged, "hcm001-b")})})[0].(*entryResult).Results[0]
+	if r.Code != "invalid" {
+		t.Fatalf("a second manifest for a recorded hash: %+v, want invalid", r)
 	}
 	var held int
 	var referenced bool
@@ -166,7 +196,7 @@ func TestFSMHoldsAttachUntilBlobOnMajority(t *testing.T) {
 func TestFSMRefusesBadBlobCommand(t *testing.T) {
 	f := newTestFSM(t)
 	m := testManifest()
-	bad := NewBlobCmd(&m)
+	bad := NewBlobCmd(&m, "hcm001-a")
 	bad.Chunks = bad.Chunks[:1]
 	r := f.Apply(entry(t, 1, Command{Kind: KindBlob, Blob: bad})).(*entryResult).Results[0]
 	if r.Code != "invalid" {

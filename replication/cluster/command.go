@@ -48,12 +48,16 @@ type BlobCmd struct {
 	Size   int64    `json:"size"`
 	Type   string   `json:"type"`
 	Chunks []string `json:"chunks"`
+	// Origin is the ward node that uploaded the blob: only its attach ops
+	// are released, since only it proved it holds the content (another
+	// ward that merely knows the hash must upload too).
+	Origin string `json:"origin"`
 }
 
-// NewBlobCmd builds the command for manifest m.
-func NewBlobCmd(m *schema.Manifest) *BlobCmd {
+// NewBlobCmd builds the command for manifest m uploaded by origin.
+func NewBlobCmd(m *schema.Manifest, origin string) *BlobCmd {
 	b := schema.NewAttachBody("blob", m)
-	return &BlobCmd{Hash: b.Hash, Size: b.Size, Type: b.Type, Chunks: b.Chunks}
+	return &BlobCmd{Hash: b.Hash, Size: b.Size, Type: b.Type, Chunks: b.Chunks, Origin: origin}
 }
 
 // Manifest parses and checks the command's manifest.

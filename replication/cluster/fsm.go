@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -386,21 +387,19 @@ func (f *fsm) applyOps(tx *store.Tx, dossiers map[string]*dossierWork, held map[
 				tx.SetTracker(op.Dossier, p.Wards[0])
 			}
 		}
-		if m, ok := store.AttachManifest(op); ok {
-			if _, stored, err := tx.BlobStored(m.Hash); err != nil {
+		if m, ok := store.AttachManifest(op); ok && c.Pusher != nil {
+			// Metadata first: the op takes its place in the origin's log
+			// now, so the ward's later ops (a status change) are not held
+			// up behind a slow scan, but no replica folds it until the
+			// ward itself has uploaded the blob and it is on a majority
+			// (applyBlob). Even a blob the city holds already: a ward that
+			// only knows a hash must not gain a way to read the scan.
+			if err := tx.HoldOp(op, m.Hash); err != nil {
 				return Result{}, err
-			} else if !stored {
-				// Metadata first: the op takes its place in the origin's
-				// log now, so the ward's later ops (a status change) are
-				// not held up behind a slow scan, but no replica folds it
-				// until its blob is on a majority (applyBlob).
-				if err := tx.HoldOp(op, m.Hash); err != nil {
-					return Result{}, err
-				}
-				held[m.Hash] = append(held[m.Hash], *op)
-				res.Applied++
-				continue
 			}
+			held[m.Hash] = append(held[m.Hash], *op)
+			res.Applied++
+			continue
 		}
 		if err := tx.PutRemoteOp(op, index); err != nil {
 			return Result{}, err
@@ -426,18 +425,28 @@ func (f *fsm) applyBlob(tx *store.Tx, dossiers map[string]*dossierWork, held map
 	if err != nil {
 		return Result{Err: err.Error(), Code: "invalid"}, nil
 	}
-	if _, ok, err := tx.BlobStored(m.Hash); err != nil {
+	if prev, ok, err := tx.BlobStored(m.Hash); err != nil {
 		return Result{}, err
 	} else if !ok {
 		if err := tx.PutBlobStored(&m); err != nil {
 			return Result{}, err
 		}
+	} else if !sameManifest(&prev, &m) {
+		return Result{Err: fmt.Sprintf("blob %s is recorded with another manifest", m.HashHex()), Code: "invalid"}, nil
 	}
-	released, err := tx.ReleaseHeld(m.Hash, index, held[m.Hash])
+	var staged, others []schema.Op
+	for _, op := range held[m.Hash] {
+		if op.ID.Origin == b.Origin {
+			staged = append(staged, op)
+		} else {
+			others = append(others, op)
+		}
+	}
+	held[m.Hash] = others
+	released, err := tx.ReleaseHeld(m.Hash, b.Origin, index, staged)
 	if err != nil {
 		return Result{}, err
 	}
-	delete(held, m.Hash)
 	for i := range released {
 		w, err := work(tx, dossiers, released[i].Dossier)
 		if err != nil {
@@ -447,4 +456,8 @@ func (f *fsm) applyBlob(tx *store.Tx, dossiers map[string]*dossierWork, held map
 		w.changed = true
 	}
 	return Result{Applied: len(released)}, nil
+}
+
+func sameManifest(a, b *schema.Manifest) bool {
+	return a.Hash == b.Hash && a.Size == b.Size && a.Type == b.Type && slices.Equal(a.Chunks, b.Chunks)
 }
