@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -430,5 +432,81 @@ func TestBlobScrubRepairsRottedChunk(t *testing.T) {
 	}
 	if code, got := e.cityBlob("c3", hash, true); code != 200 || got != hash {
 		t.Fatalf("after the scrub c3 serves HTTP %d hash %s", code, got)
+	}
+}
+
+// TestInvariant1AckedAttachmentsSurviveKill9: invariant 1 for scans.
+// Clerks upload attachments concurrently; the ward node is SIGKILLed in the
+// middle, three times; after each restart every upload that got a 201 is
+// there, byte for byte, and the node opens its blob store without help.
+func TestInvariant1AckedAttachmentsSurviveKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kill -9 test runs the binary; skipped with -short")
+	}
+	dataDir := filepath.Join(t.TempDir(), "node")
+	token := initNode(t, dataDir)
+	node := startNode(t, runWardCmd(t, dataDir))
+	w := &wardNode{token: token, api: newAPI(node.url, token)}
+	dossier := w.newDossier(t)
+	acked := map[string][]byte{} // hash → content
+	var mu sync.Mutex
+	for round := 1; round <= 3; round++ {
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				hc := &http.Client{Timeout: 30 * time.Second}
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					data := scan((1 + mrand.IntN(3)) << 20)
+					req, _ := http.NewRequest("POST", w.api.base+"/v1/dossiers/"+dossier+"/attachments?name=scan.pdf", bytes.NewReader(data))
+					req.Header.Set("Authorization", "Bearer "+token)
+					resp, err := hc.Do(req)
+					if err != nil {
+						return // the node died under us
+					}
+					resp.Body.Close()
+					if resp.StatusCode == http.StatusCreated {
+						mu.Lock()
+						acked[hexSum(data)] = data
+						mu.Unlock()
+					}
+				}
+			})
+		}
+		for {
+			mu.Lock()
+			n := len(acked)
+			mu.Unlock()
+			if n >= round*8 {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		node.kill9()
+		close(stop)
+		wg.Wait()
+		node = startNode(t, runWardCmd(t, dataDir))
+		w.api = newAPI(node.url, token)
+		mu.Lock()
+		for h, data := range acked {
+			req, _ := http.NewRequest("GET", w.api.base+"/v1/dossiers/"+dossier+"/attachments/"+h, nil)
+			req.Header.Set("Authorization", "Bearer "+token)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || !bytes.Equal(got, data) {
+				t.Fatalf("round %d: acknowledged attachment %s: HTTP %d, %d of %d bytes match", round, h[:12], resp.StatusCode, len(got), len(data))
+			}
+		}
+		t.Logf("round %d: %d acknowledged attachments all intact after kill -9", round, len(acked))
+		mu.Unlock()
 	}
 }

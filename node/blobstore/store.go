@@ -17,6 +17,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
 
+	"github.com/wardsync/wardsync/node/store"
 	"github.com/wardsync/wardsync/schema"
 )
 
@@ -86,7 +87,14 @@ func Open(o Options) (*Store, error) {
 			os.Remove(f)
 		}
 	}
-	bo := badger.DefaultOptions(filepath.Join(o.Dir, "db")).
+	dbDir := filepath.Join(o.Dir, "db")
+	if err := os.MkdirAll(dbDir, 0o700); err != nil {
+		return nil, fmt.Errorf("blobstore: %w", err)
+	}
+	if err := store.PrepareLogs(dbDir, o.Logger); err != nil {
+		return nil, fmt.Errorf("blobstore: %w (scans already stored at the city are fetched again if this store is replaced: stop the node, move %s aside, keeping it since it holds any scan not uploaded yet, and start the node)", err, o.Dir)
+	}
+	bo := badger.DefaultOptions(dbDir).
 		// Every write is synced. Sync alone is not enough: badger's Sync
 		// flushes only the active memtable's log, and a memtable swapped
 		// out meanwhile would lose the pointers to chunks already

@@ -136,23 +136,12 @@ func Open(o Options) (*Store, error) {
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("store: create data dir: %w", err)
 	}
-	if err := removeEmptyLogs(o.Dir, o.Logger); err != nil {
-		return nil, err
-	}
-	if !o.SkipLogCheck {
-		torn, err := CheckLogs(o.Dir)
-		if err != nil {
+	if o.SkipLogCheck {
+		if err := removeEmptyLogs(o.Dir, o.Logger); err != nil {
 			return nil, err
 		}
-		for _, t := range torn {
-			// A torn tail is a write that never finished, so it was never
-			// acknowledged; badger drops it on open.
-			o.Logger.Warn("store: discarding unfinished write at end of log",
-				"file", t.File, "offset", t.Offset, "bytes", t.Bytes)
-			if err := ClearTornTail(t); err != nil {
-				return nil, err
-			}
-		}
+	} else if err := PrepareLogs(o.Dir, o.Logger); err != nil {
+		return nil, err
 	}
 	db, err := badger.Open(badgerOptions(o))
 	if err != nil {
@@ -167,6 +156,29 @@ func Open(o Options) (*Store, error) {
 	go s.commitLoop()
 	go s.gcLoop(o.GCInterval)
 	return s, nil
+}
+
+// PrepareLogs makes a badger directory that a crash left behind safe to
+// open, before badger.Open: it removes the empty log files a kill -9 can
+// leave, clears torn tails (writes that never finished, so were never
+// acknowledged), and refuses, with ErrLogDamaged, logs damaged mid-way
+// (badger would silently drop the acknowledged writes after the damage).
+// Every badger database of a node goes through it.
+func PrepareLogs(dir string, log *slog.Logger) error {
+	if err := removeEmptyLogs(dir, log); err != nil {
+		return err
+	}
+	torn, err := CheckLogs(dir)
+	if err != nil {
+		return err
+	}
+	for _, t := range torn {
+		log.Warn("store: discarding unfinished write at end of log", "file", t.File, "offset", t.Offset, "bytes", t.Bytes)
+		if err := ClearTornTail(t); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // removeEmptyLogs deletes zero-length memtable WALs (*.mem) and value logs
