@@ -749,3 +749,37 @@ func TestBlobGCKeepsWhatOpsReferTo(t *testing.T) {
 		t.Fatal("GC removed an attached blob")
 	}
 }
+
+// TestMarkMissingBlobs: after the blob store lost a scan that is already
+// at the city (a restore from a backup, which does not carry blobs), the
+// node marks it to be fetched again; one still to upload is not marked.
+func TestMarkMissingBlobs(t *testing.T) {
+	e := startAttachNode(t, 0)
+	id := e.createDossier(e.Admin, "certified-copy", 1).ID
+	up, down := pdfBytes(t, 1<<20), pdfBytes(t, 2<<20)
+	for _, b := range [][]byte{up, down} {
+		if r := e.attach(e.Admin, id, "scan.pdf", b); r.Status != 201 {
+			t.Fatalf("attach: %d %s", r.Status, r.Body)
+		}
+	}
+	hUp, hDown := sha256.Sum256(up), sha256.Sum256(down)
+	ctx := context.Background()
+	// down reached the city; then both are lost from the blob store.
+	if err := e.Node.Store().Write(ctx, func(tx *store.Tx) error { tx.ClearUpload(hDown); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range [][32]byte{hUp, hDown} {
+		if err := e.Node.Blobs().DeleteManifest(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := e.Node.MarkMissingBlobs(ctx)
+	if err != nil || n != 1 {
+		t.Fatalf("MarkMissingBlobs = %d, %v; want 1", n, err)
+	}
+	var fetch [][32]byte
+	e.Node.Store().View(func(tx *store.Tx) error { fetch, err = tx.PendingFetches(10); return err })
+	if len(fetch) != 1 || fetch[0] != hDown {
+		t.Fatalf("pending fetches %x, want only the uploaded one", fetch)
+	}
+}

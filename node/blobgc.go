@@ -50,3 +50,46 @@ func (n *Node) gcBlobs(ctx context.Context, every, grace time.Duration) {
 func (n *Node) CollectBlobs(ctx context.Context) (blobstore.GCReport, error) {
 	return n.blobs.GC(ctx, n.keepBlob, blobGCGrace)
 }
+
+// MarkMissingBlobs marks for a background fetch every blob that a dossier
+// of this ward refers to and that this node does not hold in full (after
+// a restore from a backup, which does not carry the blob store, or after
+// a scrub). It returns how many it marked.
+func (n *Node) MarkMissingBlobs(ctx context.Context) (int, error) {
+	var missing [][32]byte
+	err := n.store.View(func(tx *store.Tx) error {
+		var last [32]byte
+		seen := false
+		return tx.AllBlobRefs(func(h [32]byte, dossier string) error {
+			if seen && h == last {
+				return nil
+			}
+			d, ok, err := tx.Dossier(dossier)
+			if err != nil || !ok || d.Ward != n.id.Ward {
+				return err
+			}
+			last, seen = h, true
+			if complete, err := n.blobs.Complete(h); err != nil || complete {
+				return err
+			}
+			if pending, err := tx.UploadPending(h); err != nil || pending {
+				return err // this node's own upload: it has the blob or nobody does
+			}
+			missing = append(missing, h)
+			return nil
+		})
+	})
+	if err != nil || len(missing) == 0 {
+		return 0, err
+	}
+	err = n.store.Write(ctx, func(tx *store.Tx) error {
+		for _, h := range missing {
+			tx.MarkFetch(h)
+		}
+		return nil
+	})
+	if err == nil {
+		n.log.Info("blobs of this ward missing here marked for fetching from the city", "blobs", len(missing))
+	}
+	return len(missing), err
+}

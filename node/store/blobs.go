@@ -259,3 +259,17 @@ func (tx *Tx) HeldFor(h [32]byte, origin string) (bool, error) {
 	})
 	return found, err
 }
+
+// AllBlobRefs calls fn for every blob reference (blob, dossier), in blob
+// order.
+func (tx *Tx) AllBlobRefs(fn func(h [32]byte, dossier string) error) error {
+	return tx.scan(prefixBlobRef, nil, false, false, func(k, _ []byte) (bool, error) {
+		rest := k[len(prefixBlobRef):]
+		if len(rest) < 34 || rest[32] != sep {
+			return false, fmt.Errorf("store: bad blob ref key %q", k)
+		}
+		var h [32]byte
+		copy(h[:], rest[:32])
+		return true, fn(h, string(rest[33:]))
+	})
+}

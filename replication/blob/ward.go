@@ -104,6 +104,9 @@ func NewWard(cfg WardConfig) (*Ward, error) {
 // Run keeps a blob connection to a city member and moves blobs over it,
 // until ctx ends.
 func (w *Ward) Run(ctx context.Context) error {
+	if _, err := w.cfg.Node.MarkMissingBlobs(ctx); err != nil && ctx.Err() == nil {
+		w.log.Error("blob: cannot look for missing blobs", "err", err)
+	}
 	backoff := w.cfg.MinBackoff
 	for i := 0; ctx.Err() == nil; {
 		addr := w.cfg.City[i%len(w.cfg.City)]
