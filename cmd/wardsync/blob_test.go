@@ -365,10 +365,11 @@ func TestBlobRoughLink(t *testing.T) {
 	}
 }
 
-// TestBlobScrubRepairsRottedChunk: a chunk rots on one member's disk (a
-// byte flipped in its value log while it is stopped). `ops scrub` finds
-// it, deletes it, fetches a good copy from a peer and reports nothing
-// missing; the member then serves the blob with the right hash.
+// TestBlobScrubRepairsRottedChunk: a chunk rots on a running member's
+// disk (a byte flipped under badger). `ops scrub` finds it, deletes it,
+// fetches a good copy from a peer and reports nothing missing. Then the
+// member's value log is damaged while it is stopped: it starts anyway
+// (keeping a copy of the damaged files) and fetches back what it lost.
 func TestBlobScrubRepairsRottedChunk(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
@@ -384,28 +385,33 @@ func TestBlobScrubRepairsRottedChunk(t *testing.T) {
 		}
 		return nil
 	})
-	// Rot: flip bytes in the middle of c3's blob value log.
-	e.members["c3"].stop()
-	logs, _ := filepath.Glob(filepath.Join(e.dir, "data", "c3", "blobs", "db", "*.vlog"))
-	flipped := 0
-	for _, f := range logs {
-		b, err := os.ReadFile(f)
-		if err != nil || len(b) < 4<<20 {
-			continue
-		}
-		for _, off := range []int{len(b) / 3, len(b) / 2} {
-			b[off] ^= 0xff
-		}
-		if err := os.WriteFile(f, b, 0o600); err != nil {
+	vlogs := func() []string {
+		logs, _ := filepath.Glob(filepath.Join(e.dir, "data", "c3", "blobs", "db", "*.vlog"))
+		return logs
+	}
+	flip := func(path string, offs ...int64) {
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
 			t.Fatal(err)
 		}
-		flipped++
+		defer f.Close()
+		for _, off := range offs {
+			b := make([]byte, 1)
+			if _, err := f.ReadAt(b, off); err != nil {
+				t.Fatal(err)
+			}
+			b[0] ^= 0xff
+			if _, err := f.WriteAt(b, off); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
-	if flipped == 0 {
-		t.Fatalf("no value log with the blob found in %v", logs)
+	// 1. Rot under the running member: inside the chunks (the log starts
+	// with the manifest, then 8 MiB of chunks).
+	if len(vlogs()) == 0 {
+		t.Fatal("no value log on c3")
 	}
-	e.start("c3")
-	e.waitLeader("c3", "")
+	flip(vlogs()[0], 3<<20, 5<<20+17)
 	out, err := exec.Command(wardsyncBin(t), "ops", "scrub", "--city", e.members["c3"].url, "--tls", filepath.Join(e.dir, "tls", "admin"), "--json").CombinedOutput()
 	if err != nil {
 		t.Fatalf("ops scrub: %v\n%s", err, out)
@@ -432,6 +438,27 @@ func TestBlobScrubRepairsRottedChunk(t *testing.T) {
 	}
 	if code, got := e.cityBlob("c3", hash, true); code != 200 || got != hash {
 		t.Fatalf("after the scrub c3 serves HTTP %d hash %s", code, got)
+	}
+	// 2. Damage while stopped: the member starts, keeps the evidence and
+	// fetches back what it lost.
+	e.members["c3"].stop()
+	for _, f := range vlogs() {
+		if fi, err := os.Stat(f); err == nil && fi.Size() > 4<<20 {
+			flip(f, fi.Size()/2)
+		}
+	}
+	e.start("c3")
+	eventually(t, "c3 holds the blob again", time.Minute, func() error {
+		if code, got := e.cityBlob("c3", hash, true); code != 200 || got != hash {
+			return fmt.Errorf("c3: HTTP %d", code)
+		}
+		return nil
+	})
+	if !strings.Contains(e.members["c3"].stderr.String(), "log damaged") {
+		t.Fatal("c3 did not report the damaged log at start")
+	}
+	if kept, _ := filepath.Glob(filepath.Join(e.dir, "data", "c3", "blobs", "db-damaged-*")); len(kept) == 0 {
+		t.Fatal("c3 reported damage but kept no copy of the damaged files")
 	}
 }
 

@@ -187,7 +187,7 @@ func cityRun(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	bs, err := blobstore.Open(blobstore.Options{Dir: filepath.Join(c.String("data"), "blobs"), EncryptionKey: ncfg.EncryptionKey, Logger: log})
+	bs, err := blobstore.Open(blobstore.Options{Dir: filepath.Join(c.String("data"), "blobs"), EncryptionKey: ncfg.EncryptionKey, Logger: log, RecoverDamage: true})
 	if err != nil {
 		return fmt.Errorf("--data %s: %w", c.String("data"), err)
 	}

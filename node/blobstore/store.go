@@ -50,6 +50,11 @@ type Options struct {
 	Now           func() time.Time
 	// GCInterval is how often badger's value log is compacted (0: 10m).
 	GCInterval time.Duration
+	// RecoverDamage opens a store whose logs are damaged mid-way, keeping
+	// a copy of the damaged files, instead of refusing to start: for a city
+	// member, whose every blob has copies on its peers. A ward may hold
+	// scans nobody else has, and refuses.
+	RecoverDamage bool
 }
 
 // Store is a node's blob database.
@@ -92,7 +97,17 @@ func Open(o Options) (*Store, error) {
 		return nil, fmt.Errorf("blobstore: %w", err)
 	}
 	if err := store.PrepareLogs(dbDir, o.Logger); err != nil {
-		return nil, fmt.Errorf("blobstore: %w (scans already stored at the city are fetched again if this store is replaced: stop the node, move %s aside, keeping it since it holds any scan not uploaded yet, and start the node)", err, o.Dir)
+		if !o.RecoverDamage || !errors.Is(err, store.ErrLogDamaged) {
+			return nil, fmt.Errorf("blobstore: %w (scans already stored at the city are fetched again if this store is replaced: stop the node, move %s aside, keeping it since it holds any scan not uploaded yet, and start the node)", err, o.Dir)
+		}
+		// A city member's blobs all have copies on other members: keep the
+		// damaged files as evidence, open what is readable, and let the
+		// repair loop fetch what the damage cost.
+		kept, qerr := store.Quarantine(dbDir, o.Now())
+		if qerr != nil {
+			return nil, fmt.Errorf("blobstore: %w; and keeping a copy failed: %v", err, qerr)
+		}
+		o.Logger.Error("blobstore: log damaged; opening without the damaged entries, which are fetched again from peers", "err", err, "copy", kept)
 	}
 	bo := badger.DefaultOptions(dbDir).
 		// Every write is synced. Sync alone is not enough: badger's Sync
