@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -59,6 +60,11 @@ type Manifest struct {
 	Size   int64
 	Type   string
 	Chunks [][32]byte
+}
+
+// Equal reports whether two manifests describe the same blob the same way.
+func (m *Manifest) Equal(o *Manifest) bool {
+	return m.Hash == o.Hash && m.Size == o.Size && m.Type == o.Type && slices.Equal(m.Chunks, o.Chunks)
 }
 
 // ChunkCount is how many chunks a blob of size bytes has.

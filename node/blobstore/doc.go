@@ -10,9 +10,8 @@
 // state hashes that prove replicas agree. And chunk writes are large and
 // bursty: they must not share a group commit with a clerk's create.
 //
-// Chunks are written without an fsync each (a lost chunk is only fetched
-// again); Sync makes everything written so far durable and is called before
-// a blob is acknowledged to anyone. Every chunk's hash is checked when it
+// Every write is fsynced before it returns (badger's SyncWrites), so a
+// blob is durable once its last write returns. Every chunk's hash is checked when it
 // is stored, and again by Scrub, so a chunk read back is the chunk that was
 // sent. Identical content is stored once: a chunk or manifest already held
 // is not written again.

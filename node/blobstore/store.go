@@ -135,8 +135,7 @@ func Open(o Options) (*Store, error) {
 		return nil, fmt.Errorf("blobstore: open %s: %w", o.Dir, err)
 	}
 	s := &Store{db: db, dir: o.Dir, log: o.Logger, now: o.Now, quit: make(chan struct{})}
-	s.wg.Add(1)
-	go s.gcLoop(o.GCInterval)
+	s.wg.Go(func() { store.GCValueLog(db, o.GCInterval, s.quit) })
 	return s, nil
 }
 
@@ -150,29 +149,6 @@ func (s *Store) Close() error {
 	})
 	return err
 }
-
-func (s *Store) gcLoop(every time.Duration) {
-	defer s.wg.Done()
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.quit:
-			return
-		case <-t.C:
-			for s.db.RunValueLogGC(0.5) == nil {
-				select {
-				case <-s.quit:
-					return
-				default:
-				}
-			}
-		}
-	}
-}
-
-// Sync makes every chunk and manifest written so far durable.
-func (s *Store) Sync() error { return s.db.Sync() }
 
 // PutChunk stores a chunk after checking that data hashes to h. A chunk
 // already held is not written again.
@@ -365,8 +341,8 @@ func (s *Store) Complete(h [32]byte) (bool, error) {
 // unless the whole upload arrived: only io.EOF from r ends it; any other
 // error (io.ErrUnexpectedEOF is what net/http returns for a body cut short
 // of its Content-Length) refuses it. The upload is staged in a file first,
-// so a truncated or oversized upload leaves no chunk behind. The blob is
-// synced before Import returns.
+// so a truncated or oversized upload leaves no chunk behind. Every write
+// is synced, so the blob is durable when Import returns.
 func (s *Store) Import(ctx context.Context, r io.Reader, max int64) (schema.Manifest, error) {
 	if max <= 0 || max > schema.MaxBlobSize {
 		max = schema.MaxBlobSize
@@ -461,7 +437,7 @@ func (s *Store) Import(ctx context.Context, r io.Reader, max int64) (schema.Mani
 			return schema.Manifest{}, err
 		}
 	}
-	return m, s.Sync()
+	return m, nil
 }
 
 // Stats counts what the store holds.

@@ -50,14 +50,7 @@ func (tx *Tx) BlobRefs(h [32]byte) ([]string, error) {
 }
 
 // BlobReferenced reports whether any stored op names blob h.
-func (tx *Tx) BlobReferenced(h [32]byte) (bool, error) {
-	found := false
-	err := tx.scan(blobRefPrefix(h), nil, false, false, func(_, _ []byte) (bool, error) {
-		found = true
-		return false, nil
-	})
-	return found, err
-}
+func (tx *Tx) BlobReferenced(h [32]byte) (bool, error) { return tx.anyUnder(blobRefPrefix(h)) }
 
 // blobList reads up to limit hashes of a family keyed by hash alone.
 func (tx *Tx) blobList(prefix []byte, limit int) ([][32]byte, error) {
@@ -240,24 +233,12 @@ func (tx *Tx) UploadPending(h [32]byte) (bool, error) {
 }
 
 // HasHeld reports whether any attach op is waiting for blob h.
-func (tx *Tx) HasHeld(h [32]byte) (bool, error) {
-	found := false
-	err := tx.scan(heldPrefix(h), nil, false, false, func(_, _ []byte) (bool, error) {
-		found = true
-		return false, nil
-	})
-	return found, err
-}
+func (tx *Tx) HasHeld(h [32]byte) (bool, error) { return tx.anyUnder(heldPrefix(h)) }
 
 // HeldFor reports whether an attach op of origin waits for blob h: a ward
 // may upload a blob only for such an op.
 func (tx *Tx) HeldFor(h [32]byte, origin string) (bool, error) {
-	found := false
-	err := tx.scan(heldOriginPrefix(h, origin), nil, false, false, func(_, _ []byte) (bool, error) {
-		found = true
-		return false, nil
-	})
-	return found, err
+	return tx.anyUnder(heldOriginPrefix(h, origin))
 }
 
 // AllBlobRefs calls fn for every blob reference (blob, dossier), in blob
@@ -272,4 +253,14 @@ func (tx *Tx) AllBlobRefs(fn func(h [32]byte, dossier string) error) error {
 		copy(h[:], rest[:32])
 		return true, fn(h, string(rest[33:]))
 	})
+}
+
+// anyUnder reports whether any key starts with prefix.
+func (tx *Tx) anyUnder(prefix []byte) (bool, error) {
+	found := false
+	err := tx.scan(prefix, nil, false, false, func(_, _ []byte) (bool, error) {
+		found = true
+		return false, nil
+	})
+	return found, err
 }

@@ -422,17 +422,23 @@ func runFn(fn func(*Tx) error, tx *Tx) (err error) {
 
 func (s *Store) gcLoop(every time.Duration) {
 	defer s.done.Done()
+	GCValueLog(s.db, every, s.quit)
+}
+
+// GCValueLog reclaims badger's value-log space every interval until quit
+// closes: RunValueLogGC, again at once while it reclaims something. Every
+// badger database of a node runs it.
+func GCValueLog(db *badger.DB, every time.Duration, quit <-chan struct{}) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
-		case <-s.quit:
+		case <-quit:
 			return
 		case <-t.C:
-			// Run again at once while it reclaims something.
-			for s.db.RunValueLogGC(0.5) == nil {
+			for db.RunValueLogGC(0.5) == nil {
 				select {
-				case <-s.quit:
+				case <-quit:
 					return
 				default:
 				}

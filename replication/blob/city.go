@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"slices"
 	"sort"
 	gosync "sync"
 	"time"
@@ -301,7 +300,7 @@ func (c *City) mayPut(peer schema.PeerIdentity, m *schema.Manifest) (verified, a
 		if err != nil {
 			return err
 		}
-		if stored && !sameManifest(&rec, m) {
+		if stored && !rec.Equal(m) {
 			return fmt.Errorf("%w: blob %s is recorded with another manifest", schema.ErrInvalid, m.HashHex()[:12])
 		}
 		switch {
@@ -315,10 +314,6 @@ func (c *City) mayPut(peer schema.PeerIdentity, m *schema.Manifest) (verified, a
 		return nil
 	})
 	return verified, already, err
-}
-
-func sameManifest(a, b *schema.Manifest) bool {
-	return a.Hash == b.Hash && a.Size == b.Size && a.Type == b.Type && slices.Equal(a.Chunks, b.Chunks)
 }
 
 // mayRead decides whether peer may get blob h: a member may get any; a

@@ -216,7 +216,7 @@ func send(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store,
 // arrival; a second goroutine checks and stores them meanwhile (a chunk
 // that fails its hash is asked for again). Every chunk that arrived in
 // full is stored even if the stream then breaks, so a cut costs at most
-// the chunk it cut. Once all are stored it syncs, runs done (nil: nothing
+// the chunk it cut. Once all are stored (each write is synced) it runs done (nil: nothing
 // more) and sends BlobStored with the holders done reports; an error of
 // done goes to the sender as an Error frame.
 func receive(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Store, m *schema.Manifest, o Options, done func(ctx context.Context) (uint32, error)) error {
@@ -259,10 +259,6 @@ func receive(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Sto
 			wire.SendError(w, wire.CodeFor(err), err.Error())
 			return err
 		}
-	}
-	if err := bs.Sync(); err != nil {
-		wire.SendError(w, wire.CodeInternal, "cannot sync the blob store")
-		return err
 	}
 	var holders uint32
 	if done != nil {

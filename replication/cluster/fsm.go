@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"slices"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -431,7 +430,7 @@ func (f *fsm) applyBlob(tx *store.Tx, dossiers map[string]*dossierWork, held map
 		if err := tx.PutBlobStored(&m); err != nil {
 			return Result{}, err
 		}
-	} else if !sameManifest(&prev, &m) {
+	} else if !prev.Equal(&m) {
 		return Result{Err: fmt.Sprintf("blob %s is recorded with another manifest", m.HashHex()), Code: "invalid"}, nil
 	}
 	var staged, others []schema.Op
@@ -456,8 +455,4 @@ func (f *fsm) applyBlob(tx *store.Tx, dossiers map[string]*dossierWork, held map
 		w.changed = true
 	}
 	return Result{Applied: len(released)}, nil
-}
-
-func sameManifest(a, b *schema.Manifest) bool {
-	return a.Hash == b.Hash && a.Size == b.Size && a.Type == b.Type && slices.Equal(a.Chunks, b.Chunks)
 }
