@@ -163,3 +163,6 @@ func (r *WardRegistry) City() string {
 	}
 	return r.city
 }
+
+// ValidWardCode reports whether s has the shape of a ward code.
+func ValidWardCode(s string) bool { return wardCodeRe.MatchString(s) }

@@ -39,6 +39,7 @@ func newApp() *cli.App {
 		EnableBashCompletion: true,
 		Commands: []*cli.Command{
 			wardCommand(),
+			backupOfficeCommand(),
 			cityCommand(),
 			dossierCommand(),
 			officialsCommand(),

@@ -26,13 +26,13 @@ import (
 func opsCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "ops",
-		Usage: "city IT operations: the city CA and node certificates, ward sync status",
-		Subcommands: []*cli.Command{
+		Usage: "city IT operations: the city CA and node certificates, ward sync status, failover and handback",
+		Subcommands: append([]*cli.Command{
 			opsCACommand(),
 			opsCertCommand(),
 			opsStatusCommand(),
 			opsScrubCommand(),
-		},
+		}, opsLeaseCommands()...),
 	}
 }
 

@@ -28,9 +28,19 @@ func startSync(c *cli.Context, n *node.Node, log *slog.Logger, city string) (fun
 		return nil, fmt.Errorf("--tls: %w", err)
 	}
 	id := n.Identity()
-	if self.Node != id.Node || (self.Role != schema.PeerWard && self.Role != schema.PeerBackup) || !self.MayServe(id.Ward) {
+	var wards []string // what to pull: the office's own ward, or every ward a backup may cover
+	switch {
+	case n.IsBackup():
+		if self.Node != id.Node || self.Role != schema.PeerBackup {
+			return nil, fmt.Errorf("--tls: certificate is for %s, but this node is backup office %s (issue one with `ops cert issue --role backup --node %s --ward CODE --ward CODE`)",
+				self, id.Node, id.Node)
+		}
+		wards = self.Wards
+	case self.Node != id.Node || self.Role != schema.PeerWard || !self.MayServe(id.Ward):
 		return nil, fmt.Errorf("--tls: certificate is for %s, but this node is %s of ward %s (issue one with `ops cert issue --role ward --node %s --ward %s`)",
 			self, id.Node, id.Ward, id.Node, id.Ward)
+	default:
+		wards = []string{id.Ward}
 	}
 	var addrs []string
 	for _, a := range strings.Split(city, ",") {
@@ -53,12 +63,12 @@ func startSync(c *cli.Context, n *node.Node, log *slog.Logger, city string) (fun
 	if err != nil {
 		return nil, fmt.Errorf("--quic %s: %w", c.String("quic"), err)
 	}
-	cl, err := wsync.NewClient(wsync.ClientConfig{Node: n, Endpoint: ep, City: addrs, Logger: log, Registry: n.Registry()})
+	cl, err := wsync.NewClient(wsync.ClientConfig{Node: n, Endpoint: ep, City: addrs, Wards: wards, Logger: log, Registry: n.Registry()})
 	if err != nil {
 		ep.Close()
 		return nil, err
 	}
-	bw, err := blob.NewWard(blob.WardConfig{Node: n, Endpoint: ep, City: addrs, Logger: log, Registry: n.Registry(),
+	bw, err := blob.NewWard(blob.WardConfig{Node: n, Endpoint: ep, City: addrs, Ward: wards[0], Logger: log, Registry: n.Registry(),
 		BytesPerSecond: int64(c.Int("blob-bandwidth")), MetadataPending: cl.Unacked})
 	if err != nil {
 		ep.Close()

@@ -91,6 +91,18 @@ func wardCommand() *cli.Command {
 	}
 }
 
+// hasFlag reports whether the running command defines flag name.
+func hasFlag(c *cli.Context, name string) bool {
+	for _, f := range c.Command.Flags {
+		for _, n := range f.Names() {
+			if n == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // nodeConfig builds the node config from the flags shared by init and run.
 func nodeConfig(c *cli.Context) (node.Config, error) {
 	log, err := newLogger(c)
@@ -122,16 +134,7 @@ func nodeConfig(c *cli.Context) (node.Config, error) {
 		}
 		return nil
 	}
-	has := func(name string) bool {
-		for _, f := range c.Command.Flags {
-			for _, n := range f.Names() {
-				if n == name {
-					return true
-				}
-			}
-		}
-		return false
-	}
+	has := func(name string) bool { return hasFlag(c, name) }
 	if has("procedures") {
 		if err := load("procedures", func(b []byte) (err error) { cfg.Catalog, err = schema.ParseCatalog(b); return }); err != nil {
 			return cfg, err
@@ -157,6 +160,36 @@ func nodeConfig(c *cli.Context) (node.Config, error) {
 	return cfg, nil
 }
 
+// backupOfficeCommand runs a backup office: a node with a backup
+// certificate, serving the wards whose leases the city gives it.
+func backupOfficeCommand() *cli.Command {
+	w := wardCommand()
+	var run *cli.Command
+	for _, sc := range w.Subcommands {
+		if sc.Name == "run" {
+			run = sc
+		}
+	}
+	run.Usage = "run the backup office's API; it takes over the wards city IT fails over to it (`ops failover`)"
+	return &cli.Command{
+		Name:  "backup-office",
+		Usage: "run a backup office node that takes wards over when their offices close",
+		Subcommands: []*cli.Command{
+			withConfig(&cli.Command{
+				Name:  "init",
+				Usage: "create a backup office node's data dir, identity and first admin",
+				Flags: []cli.Flag{dataFlag,
+					reqStr("node", "node `ID`, unique in the city (as in its backup certificate)", "WARDSYNC_NODE_ID"),
+					str("series", "receipt number `SERIES` (default: the node ID upper-cased); never one a ward office uses", "WARDSYNC_SERIES", ""),
+					str("admin-name", "name of the first admin", "WARDSYNC_ADMIN_NAME", "Administrator"),
+					encKeyFlag, jsonFlag, logLevelFlag, logFormatFlag},
+				Action: wardInit,
+			}),
+			run,
+		},
+	}
+}
+
 func wardInit(c *cli.Context) error {
 	cfg, err := nodeConfig(c)
 	if err != nil {
@@ -167,14 +200,18 @@ func wardInit(c *cli.Context) error {
 			return json.NewEncoder(c.App.Writer).Encode(res)
 		}
 		w := c.App.Writer
-		fmt.Fprintf(w, "Initialized node %s for ward %s in %s\n", res.Node, res.Ward, cfg.Dir)
+		if res.Ward == "" {
+			fmt.Fprintf(w, "Initialized backup office node %s in %s\n", res.Node, cfg.Dir)
+		} else {
+			fmt.Fprintf(w, "Initialized node %s for ward %s in %s\n", res.Node, res.Ward, cfg.Dir)
+		}
 		fmt.Fprintf(w, "Receipt series: %s\n", res.Series)
 		_, err := fmt.Fprintf(w, "Admin %q token (shown once; keep it safe):\n%s\n", res.AdminID, res.AdminToken)
 		return err
 	}
 	_, err = node.Init(c.Context, cfg, node.InitParams{
 		Ward: c.String("ward"), Node: c.String("node"), Series: c.String("series"), AdminName: c.String("admin-name"),
-		Announce: announce,
+		Backup: !hasFlag(c, "ward"), Announce: announce, // backup-office init has no --ward
 	})
 	if err != nil {
 		var fe *schema.FieldError

@@ -276,7 +276,7 @@ func TestRemoteAndPulledOpsIndexBlobRefs(t *testing.T) {
 		testOp("w-hoan-kiem-1", "W2", dOther, 120, schema.KindAttach, attachBody(&other)),
 	}
 	pulled[1].ID.Seq, pulled[2].ID.Seq = 1, 2
-	mustWrite(t, ward, func(tx *Tx) error { _, err := tx.ApplyPulled(pulled, 3); return err })
+	mustWrite(t, ward, func(tx *Tx) error { _, err := tx.ApplyPulled("W1", pulled, 3); return err })
 	if got := view(t, ward, func(tx *Tx) ([]string, error) { return tx.BlobRefs(own.Hash) }); !slices.Equal(got, []string{dOwn}) {
 		t.Fatalf("ApplyPulled: BlobRefs(own) = %q", got)
 	}
@@ -295,7 +295,7 @@ func TestRemoteAndPulledOpsIndexBlobRefs(t *testing.T) {
 	}
 	// Pulled again (a retried page): nothing changes.
 	mustWrite(t, ward, func(tx *Tx) error {
-		n, err := tx.ApplyPulled(pulled, 3)
+		n, err := tx.ApplyPulled("W1", pulled, 3)
 		if n != 0 {
 			return fmt.Errorf("%d ops new the second time", n)
 		}

@@ -102,6 +102,12 @@ func (tx *Tx) SetTracker(dossier, ward string) { tx.set(trackerKey(dossier), []b
 type OriginInfo struct {
 	Key   []byte   `json:"key"`
 	Wards []string `json:"wards"`
+	// Role is the certificate's role at registration (ward or backup):
+	// only a ward office's node holds epoch 0 of its ward's lease.
+	Role schema.PeerRole `json:"role,omitempty"`
+	// Index is the commit index of the registration: the latest-registered
+	// ward node of a ward is its home office for a handback.
+	Index uint64 `json:"index,omitempty"`
 }
 
 // OriginKey returns an origin's registered key.
@@ -147,8 +153,8 @@ func (tx *Tx) PartitionHead(ward string) (uint64, error) {
 
 // Ward-side sync cursors.
 
-// PullCursor is the commit index of the ward partition applied so far.
-func (tx *Tx) PullCursor() (uint64, error) { return tx.getUint(keyPullCursor) }
+// PullCursor is the commit index of a ward partition applied so far.
+func (tx *Tx) PullCursor(ward string) (uint64, error) { return tx.getUint(pullCursorKey(ward)) }
 
 // PushAcked is the highest own seq the city acknowledged.
 func (tx *Tx) PushAcked() (uint64, error) { return tx.getUint(keyPushAcked) }
@@ -169,17 +175,13 @@ func (tx *Tx) SetPushAcked(seq uint64) error {
 // ops this node made, or already has, are skipped), refolds the dossiers
 // they touch from all their ops, and moves the pull cursor, all in this
 // one write. It returns how many ops were new.
-func (tx *Tx) ApplyPulled(ops []schema.Op, cursor uint64) (int, error) {
+func (tx *Tx) ApplyPulled(ward string, ops []schema.Op, cursor uint64) (int, error) {
 	type work struct {
 		old *schema.Dossier
 		ops []schema.Op
 	}
 	touched := map[string]*work{}
 	n := 0
-	var ward string
-	if id, err := tx.Identity(); err == nil {
-		ward = id.Ward
-	}
 	var maxHLC schema.HLC
 	for i := range ops {
 		op := &ops[i]
@@ -208,8 +210,9 @@ func (tx *Tx) ApplyPulled(ops []schema.Op, cursor uint64) (int, error) {
 		tx.set(opKey(op.ID), op.Encode())
 		tx.set(dossierOpKey(op), opKey(op.ID))
 		if m, ok := tx.indexBlobRef(op); ok && op.Ward == ward {
-			// A scan of this ward's own dossier: fetch it in the background
-			// (another ward's, on a tracking copy, is fetched on demand).
+			// A scan of a dossier of the partition this node serves: fetch
+			// it in the background (another ward's, on a tracking copy in
+			// the partition, is fetched on demand).
 			tx.MarkFetch(m.Hash)
 		}
 		w.ops = append(w.ops, *op)
@@ -229,12 +232,12 @@ func (tx *Tx) ApplyPulled(ops []schema.Op, cursor uint64) (int, error) {
 			return n, err
 		}
 	}
-	cur, err := tx.getUint(keyPullCursor)
+	cur, err := tx.getUint(pullCursorKey(ward))
 	if err != nil {
 		return n, err
 	}
 	if cursor > cur {
-		tx.setUint(keyPullCursor, cursor)
+		tx.setUint(pullCursorKey(ward), cursor)
 	}
 	return n, nil
 }

@@ -18,6 +18,7 @@ import (
 //	xs/<ward> 0 <status> 0 <dossier> index: ward + status
 //	xd/<due:8> 0 <dossier>           index: due time of open dossiers
 //	xa/<assignee> 0 <dossier>        index: assignee
+//	xc/<ward> 0 <dossier>            index: dossiers with an open conflict
 //	r/<yyyymmdd>                     receipt counter for that local date
 //	t/s/<ward> 0 <status>            count of dossiers per ward and status
 //	t/p/<procedure> 0 <decided|ontime>  counts for the on-time rate
@@ -33,10 +34,14 @@ import (
 //	tr/<dossier>                     the ward that keeps a tracking copy (cross-ward reception)
 //	bs/<blob:32>                     the blob's manifest: stored on a majority of members
 //	ho/<blob:32> <origin> 0 <seq:8>  an attach op held until its blob is on a majority
+//	wl/<ward>                        the ward's current lease (none: epoch 0, its own office)
+//	wh/<ward> 0 <epoch:8>            every lease the ward has had, by epoch
 //
 // On a ward only:
 //
-//	m/pull_cursor, m/push_acked      sync cursors
+//	m/push_acked                     push cursor
+//	pc/<ward>                        pull cursor of a ward partition (a backup pulls several)
+//	kl/<ward>                        the ward's lease as last pulled from the city
 //	m/applied                        last Raft index applied
 //	bu/<blob:32>                     a blob of this node's own attach op not yet stored at the city
 //	bf/<blob:32>                     a blob of this ward's dossiers to fetch from the city
@@ -50,6 +55,7 @@ var (
 	prefixByStatus   = []byte("xs/")
 	prefixByDue      = []byte("xd/")
 	prefixByAssignee = []byte("xa/")
+	prefixConflicted = []byte("xc/")
 	prefixReceipt    = []byte("r/")
 	prefixStatusCnt  = []byte("t/s/")
 	prefixProcCnt    = []byte("t/p/")
@@ -64,18 +70,21 @@ var (
 	prefixHeld       = []byte("ho/")
 	prefixUpload     = []byte("bu/")
 	prefixFetch      = []byte("bf/")
+	prefixLease      = []byte("wl/")
+	prefixLeaseHist  = []byte("wh/")
+	prefixPullCursor = []byte("pc/")
+	prefixKnownLease = []byte("kl/")
 )
 
 // Metadata keys.
 var (
-	keyIdentity   = metaKey("identity")
-	keySeq        = metaKey("seq")
-	keyHLC        = metaKey("hlc")
-	keyPrev       = metaKey("prev")
-	keyFormat     = metaKey("format")
-	keyApplied    = metaKey("applied")
-	keyPullCursor = metaKey("pull_cursor")
-	keyPushAcked  = metaKey("push_acked")
+	keyIdentity  = metaKey("identity")
+	keySeq       = metaKey("seq")
+	keyHLC       = metaKey("hlc")
+	keyPrev      = metaKey("prev")
+	keyFormat    = metaKey("format")
+	keyApplied   = metaKey("applied")
+	keyPushAcked = metaKey("push_acked")
 )
 
 // formatVersion is the key layout version written at init. A node refuses
@@ -133,6 +142,10 @@ func dueIndexKey(due int64, id string) []byte { return cat(prefixByDue, uint64(d
 
 func assigneeIndexKey(official, id string) []byte { return cat(prefixByAssignee, official, id) }
 
+func conflictIndexKey(ward, id string) []byte { return cat(prefixConflicted, ward, id) }
+
+func conflictIndexPrefix(ward string) []byte { return append(cat(prefixConflicted, ward), sep) }
+
 func assigneeIndexPrefix(official string) []byte { return append(cat(prefixByAssignee, official), sep) }
 
 func receiptKey(date string) []byte { return cat(prefixReceipt, date) }
@@ -180,6 +193,16 @@ func heldOriginPrefix(h [32]byte, origin string) []byte {
 func uploadKey(h [32]byte) []byte { return cat(prefixUpload, h[:]) }
 
 func fetchKey(h [32]byte) []byte { return cat(prefixFetch, h[:]) }
+
+func leaseKey(ward string) []byte { return cat(prefixLease, ward) }
+
+func leaseHistKey(ward string, epoch uint64) []byte { return cat(prefixLeaseHist, ward, epoch) }
+
+func leaseHistPrefix(ward string) []byte { return append(cat(prefixLeaseHist, ward), sep) }
+
+func pullCursorKey(ward string) []byte { return cat(prefixPullCursor, ward) }
+
+func knownLeaseKey(ward string) []byte { return cat(prefixKnownLease, ward) }
 
 func officialKey(id string) []byte { return cat(prefixOfficial, id) }
 

@@ -22,6 +22,10 @@ type Identity struct {
 	PublicKey  ed25519.PublicKey  `json:"public_key"`
 	PrivateKey ed25519.PrivateKey `json:"private_key"`
 	CreatedAt  time.Time          `json:"created_at"`
+	// Role is what this node is: "" or ward for a ward office's node,
+	// backup for a backup office, which has no Ward of its own and serves
+	// the wards whose leases it is given.
+	Role schema.PeerRole `json:"role,omitempty"`
 }
 
 // Official is a person who may use the node's API.
@@ -213,6 +217,9 @@ func (tx *Tx) index(d *schema.Dossier, sign int64) error {
 	if d.Assignee != "" {
 		put(assigneeIndexKey(d.Assignee, d.ID))
 	}
+	if len(d.Conflicts) > 0 {
+		put(conflictIndexKey(d.Ward, d.ID))
+	}
 	if err := tx.addCount(statusCountKey(d.Ward, d.Status), sign); err != nil {
 		return err
 	}
@@ -293,8 +300,11 @@ type ListQuery struct {
 	// OverdueAt, if non-zero, keeps only dossiers still open past their due
 	// time at this Unix millisecond, most overdue first.
 	OverdueAt int64
-	Limit     int
-	Cursor    string // from a previous page's NextCursor
+	// Conflict keeps only dossiers with an open conflict for an official
+	// to resolve.
+	Conflict bool
+	Limit    int
+	Cursor   string // from a previous page's NextCursor
 }
 
 // ErrBadCursor is returned for a cursor that no listing of this query made.
@@ -314,6 +324,8 @@ func (tx *Tx) ListDossiers(q ListQuery) (items []schema.Dossier, next string, er
 	switch {
 	case q.OverdueAt != 0:
 		prefix, reverse = prefixByDue, false
+	case q.Conflict:
+		prefix = conflictIndexPrefix(q.Ward)
 	case q.Status != "":
 		prefix = statusIndexPrefix(q.Ward, q.Status)
 	case q.Assignee != "":
@@ -352,7 +364,8 @@ func (tx *Tx) ListDossiers(q ListQuery) (items []schema.Dossier, next string, er
 		if d.Ward == q.Ward && (q.Status == "" || d.Status == q.Status) &&
 			(q.Procedure == "" || d.Procedure == q.Procedure) &&
 			(q.Assignee == "" || d.Assignee == q.Assignee) &&
-			(q.OverdueAt == 0 || d.Overdue(q.OverdueAt)) {
+			(q.OverdueAt == 0 || d.Overdue(q.OverdueAt)) &&
+			(!q.Conflict || len(d.Conflicts) > 0) {
 			items = append(items, d)
 		}
 		return len(items) < q.Limit && scanned < maxScan, nil

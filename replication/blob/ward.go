@@ -24,6 +24,10 @@ type WardConfig struct {
 	Node     *node.Node
 	Endpoint *transport.Endpoint
 	City     []string // QUIC addresses of city members
+	// Ward names the node's ward in stream hellos: its own, or for a
+	// backup office the first its certificate names (each blob is still
+	// authorized by the ward of the dossier it belongs to).
+	Ward     string
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
 	// BytesPerSecond caps this ward's blob traffic, both ways (0: no cap).
@@ -94,7 +98,10 @@ func NewWard(cfg WardConfig) (*Ward, error) {
 		cfg.MaxBackoff = 15 * time.Second
 	}
 	id := cfg.Node.Identity()
-	w := &Ward{cfg: cfg, log: cfg.Logger.With("component", "blob"), id: id.Node, ward: id.Ward,
+	if cfg.Ward == "" {
+		cfg.Ward = id.Ward
+	}
+	w := &Ward{cfg: cfg, log: cfg.Logger.With("component", "blob"), id: id.Node, ward: cfg.Ward,
 		limiter: NewLimiter(cfg.BytesPerSecond), connUp: make(chan struct{})}
 	w.m = newMetrics(cfg.Registry, nil, w.missingNow)
 	cfg.Node.SetBlobFetcher(w.Fetch)

@@ -69,7 +69,7 @@ func changesOf(t *testing.T, f *fsm, ward string) []string {
 func TestFSMHoldsAttachUntilBlobOnMajority(t *testing.T) {
 	m := testManifest()
 	ops := attachOps(t, &m)
-	pusher := &Pusher{Node: "hcm001-a", Wards: []string{"HCM001"}}
+	pusher := &Pusher{Node: "hcm001-a", Wards: []string{"HCM001"}, Role: schema.PeerWard}
 	a, b := newTestFSM(t), newTestFSM(t)
 	push := entry(t, 1, Command{Kind: KindOps, Ops: ops, Pusher: pusher})
 	res := a.ApplyBatch([]*raft.Log{push})[0].(*entryResult).Results[0]
@@ -141,7 +141,7 @@ func TestFSMHoldsAttachUntilBlobOnMajority(t *testing.T) {
 		again[i].Sign(key)
 		prev = again[i].Hash()
 	}
-	a.ApplyBatch([]*raft.Log{entry(t, 3, Command{Kind: KindOps, Ops: again, Pusher: &Pusher{Node: "hcm001-b", Wards: []string{"HCM001"}}})})
+	a.ApplyBatch([]*raft.Log{entry(t, 3, Command{Kind: KindOps, Ops: again, Pusher: &Pusher{Node: "hcm001-b", Wards: []string{"HCM001"}, Role: schema.PeerWard}})})
 	a.st.View(func(tx *store.Tx) error { d, _, _ = tx.Dossier(again[0].Dossier); return nil })
 	if len(d.Attachments) != 0 {
 		t.Fatalf("another office's attach of a stored blob was applied before it uploaded: %+v", d.Attachments)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/wardsync/wardsync/node/store"
 	"github.com/wardsync/wardsync/replication/transport"
 	"github.com/wardsync/wardsync/replication/wire"
 	"github.com/wardsync/wardsync/schema"
@@ -171,6 +172,10 @@ func (c *Cluster) local(ctx context.Context, req rpc) ([]byte, error) {
 		return nil, c.removeLocal(req.ID)
 	case "transfer":
 		return nil, c.transferLocal(req.ID)
+	case "lease":
+		return c.barrierRead(func(tx *store.Tx) (any, error) { return tx.Lease(req.ID) })
+	case "lease_history":
+		return c.barrierRead(func(tx *store.Tx) (any, error) { return tx.LeaseHistory(req.ID) })
 	}
 	return nil, fmt.Errorf("unknown request %q", req.Op)
 }

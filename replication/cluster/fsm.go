@@ -35,6 +35,9 @@ type fsm struct {
 	notify func(wards map[string]struct{})
 	// restored, if set, is called after a snapshot replaced the state.
 	restored func()
+	// leased collects the wards whose lease changed in the write being
+	// applied (Apply is never concurrent), so their pull sessions wake.
+	leased map[string]struct{}
 }
 
 // entryResult is what Apply returns for one Raft entry.
@@ -75,6 +78,8 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 // a single entry always fits.)
 func (f *fsm) applyChunk(logs []*raft.Log, out []interface{}, touched map[string]struct{}) error {
 	mine := map[string]struct{}{}
+	f.leased = mine
+	defer func() { f.leased = nil }()
 	err := f.st.Write(context.Background(), func(tx *store.Tx) error {
 		applied, err := tx.Applied()
 		if err != nil {
@@ -207,11 +212,13 @@ func (f *fsm) applyCommand(tx *store.Tx, dossiers map[string]*dossierWork, held 
 			}
 			return Result{}, nil
 		}
-		return Result{}, tx.PutOriginKey(r.Origin, store.OriginInfo{Key: r.Key, Wards: r.Wards})
+		return Result{}, tx.PutOriginKey(r.Origin, store.OriginInfo{Key: r.Key, Wards: r.Wards, Role: r.Role, Index: index})
 	case KindOps:
 		return f.applyOps(tx, dossiers, held, index, c)
 	case KindBlob:
 		return f.applyBlob(tx, dossiers, held, index, c.Blob)
+	case KindLease:
+		return f.applyLease(tx, index, c.Lease)
 	}
 	return Result{Err: fmt.Sprintf("unknown command kind %d", c.Kind), Code: "invalid"}, nil
 }
@@ -382,8 +389,25 @@ func (f *fsm) applyOps(tx *store.Tx, dossiers map[string]*dossierWork, held map[
 				return refuse(op, "forbidden", "dossier %s does not exist at the city", op.Dossier)
 			case !exists && !pusher.MayServe(op.Ward) && len(p.Wards) > 0:
 				// Cross-ward reception: the dossier lives in op.Ward's
-				// partition; the receiving ward keeps a tracking copy.
+				// partition; the receiving ward keeps a tracking copy. No
+				// lease is involved: it is not the receiver's ward.
 				tx.SetTracker(op.Dossier, p.Wards[0])
+			default:
+				// Writing for a ward it serves: the origin must have held
+				// the lease epoch the op carries. Late ops of a cut-off
+				// primary (an epoch it held) merge; an epoch it never held
+				// is refused.
+				target := ward
+				if !exists {
+					target = op.Ward
+				}
+				held, err := tx.EpochHeld(target, op.ID.Origin, p.Role, op.Epoch)
+				if err != nil {
+					return Result{}, err
+				}
+				if !held {
+					return refuse(op, "epoch", "it is stamped with lease epoch %d of ward %s, which node %s never held", op.Epoch, target, op.ID.Origin)
+				}
 			}
 		}
 		if m, ok := store.AttachManifest(op); ok && c.Pusher != nil {

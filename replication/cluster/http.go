@@ -39,6 +39,11 @@ func (c *Cluster) Handler() http.Handler {
 	c.route(mux, "GET /v1/dossiers/{id}", c.handleGet, schema.PeerPortal, schema.PeerAdmin)
 	c.route(mux, "GET /v1/wards/{code}/dossiers", c.handleWardList, schema.PeerPortal, schema.PeerAdmin)
 	c.route(mux, "GET /v1/wards", c.handleWards, schema.PeerAdmin)
+	c.route(mux, "GET /v1/wards/{code}/lease", c.handleLease, schema.PeerAdmin)
+	c.route(mux, "GET /v1/wards/{code}/lease/history", c.handleLeaseHistory, schema.PeerAdmin)
+	c.route(mux, "POST /v1/wards/{code}/lease/failover", c.handleLeaseChange(LeaseFailover), schema.PeerAdmin)
+	c.route(mux, "POST /v1/wards/{code}/lease/handback", c.handleLeaseChange(LeaseHandback), schema.PeerAdmin)
+	c.route(mux, "GET /v1/wards/{code}/digest", c.handleDigest, schema.PeerAdmin)
 	for _, r := range c.routes {
 		c.route(mux, r.pattern, r.h, r.roles...)
 	}
@@ -296,6 +301,10 @@ func resultErr(res Result) error {
 		return fmt.Errorf("%w: %s", schema.ErrUnavailable, res.Err)
 	case "conflict":
 		return fmt.Errorf("%w: %s", schema.ErrConflict, res.Err)
+	case "forbidden", "epoch":
+		return fmt.Errorf("%w: %s", schema.ErrForbidden, res.Err)
+	case "not_found":
+		return fmt.Errorf("%w: %s", schema.ErrNotFound, res.Err)
 	}
 	return fmt.Errorf("%w: %s", schema.ErrInvalid, res.Err)
 }
@@ -340,6 +349,13 @@ func (c *Cluster) handleWardList(w http.ResponseWriter, r *http.Request, _ schem
 	lq := store.ListQuery{Ward: ward, Status: schema.Status(q.Get("status")), Cursor: q.Get("cursor"), Limit: 50}
 	if lq.Status != "" && !lq.Status.Valid() {
 		return &schema.FieldError{Field: "status", Reason: fmt.Sprintf("unknown status %q", lq.Status)}
+	}
+	if s := q.Get("conflict"); s != "" {
+		v, err := strconv.ParseBool(s)
+		if err != nil {
+			return &schema.FieldError{Field: "conflict", Reason: "must be true or false"}
+		}
+		lq.Conflict = v
 	}
 	if s := q.Get("limit"); s != "" {
 		l, err := strconv.Atoi(s)

@@ -24,6 +24,10 @@ type ClientConfig struct {
 	Node     *node.Node
 	Endpoint *transport.Endpoint
 	City     []string // QUIC addresses of city members; any one will do
+	// Wards are the partitions to pull: a ward office's own ward (the
+	// default), or every ward a backup office's certificate names (it
+	// receives ops of a ward only while it holds the ward's lease).
+	Wards    []string
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
 
@@ -47,10 +51,35 @@ type Client struct {
 	member    string
 	leader    string
 	acked     uint64
-	cursor    uint64
+	wards     map[string]*wardPull
 	lastAck   time.Time
 	lastPull  time.Time
 	lastErr   string
+}
+
+// wardPull is the client's view of one pulled partition.
+type wardPull struct {
+	cursor    uint64
+	lease     schema.Lease
+	head      uint64 // the partition's head at the city, as last told
+	releasing bool   // a LeaseRelease is under way
+	// Catching up after the lease came here: where the cursor started
+	// and when, for the progress and ETA shown in status.
+	catchFrom uint64
+	catchAt   time.Time
+}
+
+// WardStatus is one pulled partition in GET /v1/sync/status.
+type WardStatus struct {
+	Ward       string       `json:"ward"`
+	Mode       string       `json:"mode"` // serving, read_only, catching_up, handing_back, not_held
+	ActiveNode string       `json:"active_node"`
+	Lease      schema.Lease `json:"lease"`
+	PullCursor uint64       `json:"pull_cursor"`
+	ReadyIndex uint64       `json:"ready_index"`
+	CityHead   uint64       `json:"city_head"`
+	Percent    float64      `json:"catch_up_percent"`
+	ETASeconds *float64     `json:"catch_up_eta_seconds,omitempty"`
 }
 
 // Status is a ward's sync state as GET /v1/sync/status shows it.
@@ -67,6 +96,13 @@ type Status struct {
 	LastSeq       uint64     `json:"last_seq"`
 	PullCursor    uint64     `json:"pull_cursor"`
 	LastError     string     `json:"last_error,omitempty"`
+	// Wards says, per pulled ward, who serves it now and whether this
+	// node serves it (or is catching up, with percent and ETA).
+	Wards []WardStatus `json:"wards"`
+	// BlobsToPull counts scans of the wards this node serves that it has
+	// not fetched yet (up to 10,000): after a failover, the backup's
+	// attachments are complete when it reaches 0.
+	BlobsToPull int `json:"blobs_to_pull"`
 }
 
 // NewClient builds a client; Run starts it.
@@ -92,14 +128,29 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.Window <= 0 {
 		cfg.Window = 4
 	}
-	c := &Client{cfg: cfg, log: cfg.Logger, m: newClientMetrics(cfg.Registry), id: cfg.Node.Identity()}
+	c := &Client{cfg: cfg, log: cfg.Logger, m: newClientMetrics(cfg.Registry), id: cfg.Node.Identity(), wards: map[string]*wardPull{}}
+	if len(c.cfg.Wards) == 0 && c.id.Ward != "" {
+		c.cfg.Wards = []string{c.id.Ward}
+	}
+	if len(c.cfg.Wards) == 0 {
+		return nil, errors.New("sync: no wards to pull (a backup office pulls the wards its certificate names)")
+	}
 	err := cfg.Node.Store().View(func(tx *store.Tx) error {
 		var err error
 		if c.acked, err = tx.PushAcked(); err != nil {
 			return err
 		}
-		c.cursor, err = tx.PullCursor()
-		return err
+		for _, w := range c.cfg.Wards {
+			wp := &wardPull{}
+			if wp.cursor, err = tx.PullCursor(w); err != nil {
+				return err
+			}
+			if wp.lease, _, err = tx.KnownLease(w); err != nil {
+				return err
+			}
+			c.wards[w] = wp
+		}
+		return nil
 	})
 	return c, err
 }
@@ -162,13 +213,17 @@ func (c *Client) session(ctx context.Context, addr string) error {
 	defer conn.CloseWithError(0, "session over")
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
-	errc := make(chan error, 2)
+	errc := make(chan error, 1+len(c.cfg.Wards))
 	go func() { errc <- c.push(sctx, conn) }()
-	go func() { errc <- c.pull(sctx, conn) }()
+	for _, w := range c.cfg.Wards {
+		go func() { errc <- c.pull(sctx, conn, w) }()
+	}
 	err = <-errc
 	stop()
 	conn.CloseWithError(0, "session over")
-	<-errc
+	for range c.cfg.Wards {
+		<-errc
+	}
 	return err
 }
 
@@ -180,7 +235,7 @@ func (c *Client) open(ctx context.Context, conn *transport.Conn, h *wire.Hello, 
 	}
 	sc := transport.StreamConn(conn, s)
 	go func() { <-ctx.Done(); sc.Close() }()
-	h.Node, h.Ward, h.Versions = c.id.Node, c.id.Ward, []uint8{wire.Version}
+	h.Node, h.Ward, h.Versions = c.id.Node, c.cfg.Wards[0], []uint8{wire.Version}
 	if err := wire.WriteMsg(sc, h); err != nil {
 		return nil, nil, nil, err
 	}
@@ -328,22 +383,23 @@ func (c *Client) acknowledge(ctx context.Context, seq uint64) error {
 	return nil
 }
 
-func (c *Client) pull(ctx context.Context, conn *transport.Conn) error {
+func (c *Client) pull(ctx context.Context, conn *transport.Conn, ward string) error {
 	c.mu.Lock()
-	since := c.cursor
+	wp := c.wards[ward]
+	since := wp.cursor
 	c.mu.Unlock()
-	_, r, _, err := c.open(ctx, conn, &wire.Hello{Proto: wire.ProtoPull}, &wire.Cursor{Ward: c.id.Ward, Since: since})
+	_, r, _, err := c.open(ctx, conn, &wire.Hello{Proto: wire.ProtoPull}, &wire.Cursor{Ward: ward, Since: since})
 	if err != nil {
-		return fmt.Errorf("pull: %w", err)
+		return fmt.Errorf("pull %s: %w", ward, err)
 	}
 	for {
 		msg, err := r.Read()
 		if err != nil {
-			return fmt.Errorf("pull: %w", err)
+			return fmt.Errorf("pull %s: %w", ward, err)
 		}
 		switch m := msg.(type) {
 		case *wire.ChangesPage:
-			n, err := c.applyPage(ctx, m.Ops, since, m.Index)
+			n, err := c.applyPage(ctx, ward, m.Ops, since, m.Index)
 			if err != nil {
 				return err
 			}
@@ -351,28 +407,102 @@ func (c *Client) pull(ctx context.Context, conn *transport.Conn) error {
 			c.m.pulled.Add(float64(n))
 			c.m.pullCursor.Set(float64(m.Index))
 			c.mu.Lock()
-			c.cursor, c.lastPull = max(c.cursor, m.Index), time.Now().UTC()
+			wp.cursor, c.lastPull = max(wp.cursor, m.Index), time.Now().UTC()
 			c.mu.Unlock()
+		case *wire.LeaseInfo:
+			if err := c.takeLease(ctx, conn, ward, m); err != nil {
+				return err
+			}
 		case *wire.Error:
-			return fmt.Errorf("pull refused: %w", m)
+			return fmt.Errorf("pull %s refused: %w", ward, m)
 		default:
-			return fmt.Errorf("pull: unexpected %T", msg)
+			return fmt.Errorf("pull %s: unexpected %T", ward, msg)
 		}
+	}
+}
+
+// takeLease records a lease the city sent and acts on it: a node that
+// has just received a ward starts catching up (progress from here), and
+// a holder asked to hand the ward back finishes pushing and releases it.
+func (c *Client) takeLease(ctx context.Context, conn *transport.Conn, ward string, m *wire.LeaseInfo) error {
+	changed, err := c.cfg.Node.SetLease(ctx, m.Lease)
+	if err != nil {
+		return err
+	}
+	l, _, err := c.cfg.Node.Lease(ward)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	wp := c.wards[ward]
+	if changed && l.Active == c.id.Node && l.Epoch > 0 {
+		wp.catchFrom, wp.catchAt = wp.cursor, time.Now()
+	}
+	wp.lease, wp.head = l, max(wp.head, m.Head)
+	release := l.Epoch > 0 && l.Active == c.id.Node && l.HandbackTo != "" && !wp.releasing
+	if release {
+		wp.releasing = true
+	}
+	c.mu.Unlock()
+	if changed {
+		c.log.Info("sync: ward lease", "ward", ward, "epoch", l.Epoch, "active", l.ActiveName(""), "handback_to", l.HandbackTo)
+	}
+	if release {
+		go c.release(ctx, conn, ward, l)
+	}
+	return nil
+}
+
+// release finishes a handback: the node is read-only for the ward now
+// (the pending handback says so), so once the city has acknowledged every
+// op it took, it tells the city it is done and the lease moves on.
+func (c *Client) release(ctx context.Context, conn *transport.Conn, ward string, l schema.Lease) {
+	defer func() {
+		c.mu.Lock()
+		c.wards[ward].releasing = false
+		c.mu.Unlock()
+	}()
+	for c.Unacked() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	var last uint64
+	c.cfg.Node.Store().View(func(tx *store.Tx) error { last, _ = tx.LastSeq(); return nil })
+	sc, r, _, err := c.open(ctx, conn, &wire.Hello{Proto: wire.ProtoLease}, &wire.LeaseRelease{Ward: ward, Epoch: l.Epoch, LastSeq: last})
+	if err != nil {
+		c.log.Warn("sync: handing the ward back failed; will retry when the city asks again", "ward", ward, "err", err)
+		return
+	}
+	defer sc.Close()
+	msg, err := r.Read()
+	if err != nil {
+		c.log.Warn("sync: handing the ward back failed", "ward", ward, "err", err)
+		return
+	}
+	switch m := msg.(type) {
+	case *wire.LeaseInfo:
+		c.cfg.Node.SetLease(ctx, m.Lease)
+		c.log.Info("sync: ward handed back", "ward", ward, "epoch", m.Lease.Epoch, "active", m.Lease.Active)
+	case *wire.Error:
+		c.log.Warn("sync: the city refused the handback release", "ward", ward, "code", m.Code, "reason", m.Message)
 	}
 }
 
 // applyPage stores a page with its cursor. A page too big for one store
 // transaction is applied in halves; only the last half moves the cursor,
 // so a crash in between re-pulls the page (ops are deduplicated by ID).
-func (c *Client) applyPage(ctx context.Context, ops []schema.Op, cur, index uint64) (int, error) {
-	n, err := c.cfg.Node.ApplyPulled(ctx, ops, index)
+func (c *Client) applyPage(ctx context.Context, ward string, ops []schema.Op, cur, index uint64) (int, error) {
+	n, err := c.cfg.Node.ApplyPulled(ctx, ward, ops, index)
 	if errors.Is(err, schema.ErrTooLarge) && len(ops) > 1 {
 		h := len(ops) / 2
-		a, err := c.applyPage(ctx, ops[:h], cur, cur)
+		a, err := c.applyPage(ctx, ward, ops[:h], cur, cur)
 		if err != nil {
 			return a, err
 		}
-		b, err := c.applyPage(ctx, ops[h:], cur, index)
+		b, err := c.applyPage(ctx, ward, ops[h:], cur, index)
 		return a + b, err
 	}
 	return n, err
@@ -393,7 +523,17 @@ func (c *Client) Unacked() bool {
 func (c *Client) Status() Status {
 	c.mu.Lock()
 	st := Status{Enabled: true, Connected: c.connected, CityMember: c.member, Leader: c.leader,
-		PushAcked: c.acked, PullCursor: c.cursor, LastError: c.lastErr}
+		PushAcked: c.acked, LastError: c.lastErr}
+	for _, w := range c.cfg.Wards {
+		wp := c.wards[w]
+		ws := WardStatus{Ward: w, Lease: wp.lease, ActiveNode: wp.lease.ActiveName(c.homeNode(w)),
+			PullCursor: wp.cursor, ReadyIndex: wp.lease.Ready, CityHead: max(wp.head, wp.cursor)}
+		ws.Percent, ws.ETASeconds = wp.progress()
+		st.Wards = append(st.Wards, ws)
+		if w == c.id.Ward || len(c.cfg.Wards) == 1 {
+			st.PullCursor = wp.cursor
+		}
+	}
 	if !c.lastAck.IsZero() {
 		t := c.lastAck
 		st.LastPushAckAt = &t
@@ -405,6 +545,9 @@ func (c *Client) Status() Status {
 	c.mu.Unlock()
 	c.cfg.Node.Store().View(func(tx *store.Tx) error {
 		st.LastSeq, _ = tx.LastSeq()
+		if f, err := tx.PendingFetches(10_000); err == nil {
+			st.BlobsToPull = len(f)
+		}
 		if st.LastSeq > st.PushAcked {
 			st.OutboxDepth = st.LastSeq - st.PushAcked
 			// Lag: how long the oldest op the city lacks has waited.
@@ -414,7 +557,37 @@ func (c *Client) Status() Status {
 		}
 		return nil
 	})
+	for i := range st.Wards {
+		ws := &st.Wards[i]
+		if mode, _, err := c.cfg.Node.Mode(ws.Ward); err == nil {
+			ws.Mode = string(mode)
+		}
+	}
 	c.m.outbox.Set(float64(st.OutboxDepth))
 	c.m.lag.Set(st.LagSeconds)
 	return st
+}
+
+// homeNode names this node for its own ward at epoch 0.
+func (c *Client) homeNode(ward string) string {
+	if ward == c.id.Ward {
+		return c.id.Node
+	}
+	return ""
+}
+
+// progress is how far a node that received a ward has caught up on it:
+// the share of commit indexes between where it started and the lease's
+// ready index, and the time left at the rate so far.
+func (wp *wardPull) progress() (float64, *float64) {
+	ready := wp.lease.Ready
+	if wp.cursor >= ready || ready <= wp.catchFrom {
+		return 100, nil
+	}
+	done := float64(wp.cursor-wp.catchFrom) / float64(ready-wp.catchFrom)
+	if done <= 0 || wp.catchAt.IsZero() {
+		return 0, nil
+	}
+	eta := time.Since(wp.catchAt).Seconds() * (1 - done) / done
+	return float64(int(done*1000)) / 10, &eta
 }

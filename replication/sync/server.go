@@ -27,7 +27,7 @@ type Server struct {
 	m   *serverMetrics
 
 	mu       gosync.Mutex
-	sessions map[string]*WardSession // by ward
+	sessions map[string]*WardSession // by ward and node (a ward office and its backup both pull a ward)
 }
 
 // WardSession is what this member knows of a ward's current link.
@@ -56,6 +56,7 @@ func NewServer(c *cluster.Cluster, log *slog.Logger, reg prometheus.Registerer) 
 	s := &Server{c: c, log: log, m: newServerMetrics(reg), sessions: map[string]*WardSession{}}
 	c.HandleProto(wire.ProtoPush, s.push)
 	c.HandleProto(wire.ProtoPull, s.pull)
+	c.HandleProto(wire.ProtoLease, s.lease)
 	return s
 }
 
@@ -73,10 +74,11 @@ func (s *Server) Sessions() []WardSession {
 func (s *Server) touch(ward, node string, f func(*WardSession)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ws, ok := s.sessions[ward]
+	key := ward + "\x00" + node
+	ws, ok := s.sessions[key]
 	if !ok {
 		ws = &WardSession{Ward: ward, Member: s.c.NodeID()}
-		s.sessions[ward] = ws
+		s.sessions[key] = ws
 	}
 	ws.Node, ws.LastSeen = node, time.Now().UTC()
 	f(ws)
@@ -143,7 +145,7 @@ func (s *Server) push(ctx context.Context, conn *transport.Conn, st io.ReadWrite
 	defer s.touch(h.Ward, peer.Node, func(ws *WardSession) { ws.Pushing-- })
 	s.m.sessions.WithLabelValues("push").Inc()
 	defer s.m.sessions.WithLabelValues("push").Dec()
-	pusher := &cluster.Pusher{Node: peer.Node, Wards: peer.Wards}
+	pusher := &cluster.Pusher{Node: peer.Node, Wards: peer.Wards, Role: peer.Role}
 	for {
 		msg, err := r.Read()
 		if err != nil {
@@ -238,7 +240,7 @@ func (s *Server) register(ctx context.Context, peer schema.PeerIdentity, key []b
 	}
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	res, err := s.c.Propose(pctx, cluster.Command{Kind: cluster.KindRegister, Register: &cluster.RegisterCmd{Origin: peer.Node, Key: key, Wards: peer.Wards}})
+	res, err := s.c.Propose(pctx, cluster.Command{Kind: cluster.KindRegister, Register: &cluster.RegisterCmd{Origin: peer.Node, Key: key, Wards: peer.Wards, Role: peer.Role}})
 	if err != nil {
 		return nil, err
 	}
@@ -306,7 +308,7 @@ func (s *Server) pull(ctx context.Context, conn *transport.Conn, st io.ReadWrite
 	if s.welcome(st, v) != nil {
 		return
 	}
-	s.touch(cur.Ward, peer.Node, func(ws *WardSession) { ws.Pulling++ })
+	s.touch(cur.Ward, peer.Node, func(ws *WardSession) { ws.Pulling++; ws.PullCursor = max(ws.PullCursor, cur.Since) })
 	defer s.touch(cur.Ward, peer.Node, func(ws *WardSession) { ws.Pulling-- })
 	s.m.sessions.WithLabelValues("pull").Inc()
 	defer s.m.sessions.WithLabelValues("pull").Dec()
@@ -318,18 +320,40 @@ func (s *Server) pull(ctx context.Context, conn *transport.Conn, st io.ReadWrite
 	}()
 	since := cur.Since // every change at or below it has been delivered
 	var after []byte   // index key of the last change sent
+	var sent *schema.Lease
 	for {
 		wake := s.c.WaitChanges(cur.Ward)
-		var changes []store.Change
-		err := s.c.Store().View(func(tx *store.Tx) error {
-			var err error
-			if after == nil {
-				changes, err = tx.Changes(cur.Ward, since, pageOps+1)
-			} else {
-				changes, err = tx.ChangesAfter(cur.Ward, after, pageOps+1)
+		// The lease first, whenever it changed: the node must know who
+		// serves the ward before it sees the ops that came with the change.
+		lease, err := s.c.LocalLease(cur.Ward)
+		if err != nil {
+			s.refuse(st, peer, wire.CodeInternal, "cannot read the lease")
+			return
+		}
+		if sent == nil || lease != *sent {
+			var head uint64
+			s.c.Store().View(func(tx *store.Tx) error { head, err = tx.PartitionHead(cur.Ward); return err })
+			if err := wire.WriteMsg(st, &wire.LeaseInfo{Lease: lease, Head: head}); err != nil {
+				return
 			}
-			return err
-		})
+			sent = &lease
+		}
+		// A ward office always pulls its own ward (it is the office's copy,
+		// read-only while a backup serves it). A backup reads a ward only
+		// while it holds its lease: otherwise the stream carries leases
+		// alone, until one names it.
+		var changes []store.Change
+		if peer.Role == schema.PeerWard || (lease.Epoch > 0 && lease.Active == peer.Node) {
+			err = s.c.Store().View(func(tx *store.Tx) error {
+				var err error
+				if after == nil {
+					changes, err = tx.Changes(cur.Ward, since, pageOps+1)
+				} else {
+					changes, err = tx.ChangesAfter(cur.Ward, after, pageOps+1)
+				}
+				return err
+			})
+		}
 		if err != nil {
 			s.refuse(st, peer, wire.CodeInternal, "cannot read the partition")
 			return
@@ -368,4 +392,40 @@ func (s *Server) pull(ctx context.Context, conn *transport.Conn, st io.ReadWrite
 			return
 		}
 	}
+}
+
+// lease takes a holder's LeaseRelease: the handback it was asked for
+// completes once the city holds every op it names.
+func (s *Server) lease(ctx context.Context, conn *transport.Conn, st io.ReadWriteCloser, r *wire.Reader, h *wire.Hello) {
+	peer := conn.Peer
+	v, ok := s.hello(st, conn, h)
+	if !ok {
+		return
+	}
+	msg, err := r.Read()
+	if err != nil {
+		s.refuse(st, peer, wire.CodeFor(err), err.Error())
+		return
+	}
+	rel, ok := msg.(*wire.LeaseRelease)
+	if !ok {
+		s.refuse(st, peer, wire.CodeBadFrame, fmt.Sprintf("expected LeaseRelease, got %T", msg))
+		return
+	}
+	if !peer.MayServe(rel.Ward) {
+		s.refuse(st, peer, wire.CodeForbidden, fmt.Sprintf("the certificate of %s does not name ward %s", peer.Node, rel.Ward))
+		return
+	}
+	if s.welcome(st, v) != nil {
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	l, err := s.c.ReleaseLease(pctx, rel.Ward, peer.Node, rel.Epoch, rel.LastSeq)
+	if err != nil {
+		s.refuse(st, peer, wire.CodeFor(err), err.Error())
+		return
+	}
+	s.log.Info("sync: ward handed back", "ward", rel.Ward, "by", peer.Node, "epoch", l.Epoch, "active", l.Active)
+	wire.WriteMsg(st, &wire.LeaseInfo{Lease: l})
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/wardsync/wardsync/node/store"
+	"github.com/wardsync/wardsync/schema"
 )
 
 // WardView is one ward's sync state as the city sees it (GET /v1/wards).
@@ -21,6 +22,11 @@ type WardView struct {
 	PartitionHead uint64            `json:"partition_head"`
 	LagEntries    uint64            `json:"lag_entries"` // commits of the partition the ward has not pulled
 	LagSeconds    float64           `json:"lag_seconds"` // since it was last seen, while it lags
+	// Pullers is each node's pull cursor of the partition: the ward office
+	// and, after a failover, its backup (whose catch-up `ops failover
+	// --wait` shows against the lease's ready index).
+	Pullers map[string]uint64 `json:"pullers"`
+	Lease   *schema.Lease     `json:"lease,omitempty"` // this member's copy; GET .../lease reads it linearizably
 }
 
 const infoSessions = "sync_sessions"
@@ -49,7 +55,7 @@ func (s *Server) Wards(ctx context.Context) (any, error) {
 	view := func(ward string) *WardView {
 		v, ok := views[ward]
 		if !ok {
-			v = &WardView{Ward: ward, HighWater: map[string]uint64{}}
+			v = &WardView{Ward: ward, HighWater: map[string]uint64{}, Pullers: map[string]uint64{}}
 			views[ward] = v
 		}
 		return v
@@ -74,10 +80,16 @@ func (s *Server) Wards(ctx context.Context) (any, error) {
 				v.Connected, v.Member = true, ws.Member
 			}
 			v.PullCursor = max(v.PullCursor, ws.PullCursor)
+			v.Pullers[ws.Node] = max(v.Pullers[ws.Node], ws.PullCursor)
 		}
 		for ward, v := range views {
 			if v.PartitionHead, err = tx.PartitionHead(ward); err != nil {
 				return err
+			}
+			if l, err := tx.Lease(ward); err != nil {
+				return err
+			} else if l.Epoch > 0 {
+				v.Lease = &l
 			}
 			if v.PartitionHead > v.PullCursor {
 				v.LagEntries = v.PartitionHead - v.PullCursor

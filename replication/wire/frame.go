@@ -98,6 +98,11 @@ const (
 	TypeChanges     Type = 0x21 // reserved
 	TypeChangesPage Type = 0x22
 	TypeCursor      Type = 0x23
+	// LeaseInfo tells a node a ward's lease (on pull streams, whenever it
+	// changes; in answer to a LeaseRelease). LeaseRelease is the holder
+	// finishing a handback.
+	TypeLeaseInfo    Type = 0x24
+	TypeLeaseRelease Type = 0x25
 
 	// Blob transfer: see blob.go.
 	TypeBlobOffer  Type = 0x30
@@ -120,6 +125,8 @@ var typeNames = map[Type]string{
 	TypeChanges:       "Changes",
 	TypeChangesPage:   "ChangesPage",
 	TypeCursor:        "Cursor",
+	TypeLeaseInfo:     "LeaseInfo",
+	TypeLeaseRelease:  "LeaseRelease",
 	TypeBlobOffer:     "BlobOffer",
 	TypeBlobWant:      "BlobWant",
 	TypeBlobChunk:     "BlobChunk",
@@ -159,6 +166,10 @@ func newMsg(t Type) Msg {
 		return new(ChangesPage)
 	case TypeCursor:
 		return new(Cursor)
+	case TypeLeaseInfo:
+		return new(LeaseInfo)
+	case TypeLeaseRelease:
+		return new(LeaseRelease)
 	case TypeBlobOffer:
 		return new(BlobOffer)
 	case TypeBlobWant:

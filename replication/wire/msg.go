@@ -15,10 +15,14 @@ import (
 // the Hello tells the streams apart. Protocols may add more; a server
 // refuses one it does not serve with CodeUnknownProto.
 const (
-	ProtoRaft    = "raft"    // then the stream is hashicorp/raft's
-	ProtoSync    = "sync"    // reserved
-	ProtoPush    = "push"    // ward → city: OpBatch up, Ack down
-	ProtoPull    = "pull"    // city → ward: Cursor up, ChangesPage down, then live
+	ProtoRaft = "raft" // then the stream is hashicorp/raft's
+	ProtoSync = "sync" // reserved
+	ProtoPush = "push" // ward → city: OpBatch up, Ack down
+	ProtoPull = "pull" // city → ward: Cursor up, ChangesPage and LeaseInfo down, then live
+	// ProtoLease: the holder of a ward's lease sends LeaseRelease to
+	// finish a handback; the city answers LeaseInfo (the new lease) or
+	// Error.
+	ProtoLease   = "lease"
 	ProtoCluster = "cluster" // member to member: a follower forwarding Raft commands to the leader
 	ProtoBlob    = "blob"    // attachments (issue 5)
 	// ProtoLinkTest measures a link's raw throughput: after the Welcome

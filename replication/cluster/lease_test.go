@@ -1,0 +1,192 @@
+package cluster
+
+import (
+	"crypto/ed25519"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/wardsync/wardsync/node/store"
+	"github.com/wardsync/wardsync/schema"
+)
+
+// origin is a test node that signs a gapless, chained log.
+type origin struct {
+	name  string
+	role  schema.PeerRole
+	wards []string
+	key   ed25519.PrivateKey
+	seq   uint64
+	prev  [32]byte
+}
+
+func newOrigin(name string, role schema.PeerRole, wards ...string) *origin {
+	_, key, _ := ed25519.GenerateKey(nil)
+	return &origin{name: name, role: role, wards: wards, key: key}
+}
+
+func (o *origin) register() Command {
+	return Command{Kind: KindRegister, Register: &RegisterCmd{Origin: o.name, Key: o.key.Public().(ed25519.PublicKey), Wards: o.wards, Role: o.role}}
+}
+
+// op makes the origin's next op: a create of dossier d in ward, stamped
+// with epoch.
+func (o *origin) op(ward, d string, epoch uint64) schema.Op {
+	o.seq++
+	op := schema.Op{ID: schema.OpID{Origin: o.name, Seq: o.seq}, Ward: ward, Dossier: d, HLC: schema.NewHLC(1_790_000_000_000+int64(o.seq), 0),
+		Actor: schema.Actor{ID: "hoa", Role: schema.RoleClerk}, Kind: schema.KindCreate, Epoch: epoch, Prev: o.prev,
+		Body: schema.MarshalBody(schema.CreateBody{Procedure: "certified-copy", ReceiptNo: fmt.Sprintf("%s-%d", o.name, o.seq)})}
+	op.Sign(o.key)
+	o.prev = op.Hash()
+	return op
+}
+
+// undo forgets the last op (it was refused, so the next one reuses its seq).
+func (o *origin) undo(op schema.Op) { o.seq, o.prev = op.ID.Seq-1, op.Prev }
+
+func (o *origin) push(ops ...schema.Op) Command {
+	return Command{Kind: KindOps, Ops: ops, Pusher: &Pusher{Node: o.name, Wards: o.wards, Role: o.role}}
+}
+
+func lease(op, ward, to string, expect uint64) Command {
+	return Command{Kind: KindLease, Lease: &LeaseCmd{Op: op, Ward: ward, To: to, Expect: expect, By: "admin", At: 1_790_000_000_000 + int64(expect), Reason: "test"}}
+}
+
+// TestFSMLease is the lease's rules, one committed entry per step, applied
+// to two members that must agree at the end.
+func TestFSMLease(t *testing.T) {
+	wa := newOrigin("wa", schema.PeerWard, "HCM001")
+	bk1 := newOrigin("bk1", schema.PeerBackup, "HCM001", "HCM002")
+	bk2 := newOrigin("bk2", schema.PeerBackup, "HCM002")
+	a, b := newTestFSM(t), newTestFSM(t)
+	index := uint64(0)
+	apply := func(cmds ...Command) []Result {
+		t.Helper()
+		index++
+		l := entry(t, index, cmds...)
+		ra := a.ApplyBatch([]*raft.Log{l})[0].(*entryResult)
+		rb := b.ApplyBatch([]*raft.Log{l})[0].(*entryResult)
+		for i := range ra.Results {
+			if ra.Results[i].Code != rb.Results[i].Code {
+				t.Fatalf("members disagree on command %d: %+v vs %+v", i, ra.Results[i], rb.Results[i])
+			}
+		}
+		return ra.Results
+	}
+	want := func(step string, r Result, code string) {
+		t.Helper()
+		if r.Code != code {
+			t.Fatalf("%s: code %q (%s), want %q", step, r.Code, r.Err, code)
+		}
+	}
+	apply(wa.register(), bk1.register(), bk2.register())
+	want("office writes at epoch 0", apply(wa.push(wa.op("HCM001", "01M845RJX5TY05VRQ5B5H4W001", 0)))[0], "")
+
+	// Failover refusals, then the one that wins.
+	for _, c := range []struct {
+		name, to string
+		expect   uint64
+		code     string
+	}{
+		{"to a ward office's node", "wa", 0, "forbidden"},
+		{"to a backup whose certificate does not name the ward", "bk2", 0, "forbidden"},
+		{"to a node that never connected", "ghost", 0, "not_found"},
+		{"with a stale epoch", "bk1", 7, "conflict"},
+	} {
+		r := apply(lease(LeaseFailover, "HCM001", c.to, c.expect))[0]
+		want("failover "+c.name, r, c.code)
+		if r.Err == "" {
+			t.Fatalf("failover %s: no message", c.name)
+		}
+	}
+	// Two failovers that read the same epoch, committed in one entry:
+	// exactly one wins.
+	first, second := lease(LeaseFailover, "HCM001", "bk1", 0), lease(LeaseFailover, "HCM001", "bk1", 0)
+	second.Lease.At++
+	rs := apply(first, second)
+	want("first concurrent failover", rs[0], "")
+	want("second concurrent failover", rs[1], "conflict")
+	if l := rs[0].Lease; l.Epoch != 1 || l.Active != "bk1" || l.Home != "wa" || l.Ready == 0 {
+		t.Fatalf("lease after failover: %+v", l)
+	}
+	// The winner proposed again (a retry across a leader change) is done,
+	// not a conflict.
+	want("failover re-proposed", apply(first)[0], "")
+
+	// Epochs on ops.
+	late := wa.op("HCM001", "01M845RJX5TY05VRQ5B5H4W002", 0)
+	want("the cut-off office's late op at epoch 0", apply(wa.push(late))[0], "")
+	want("the backup at epoch 1", apply(bk1.push(bk1.op("HCM001", "01M845RJX5TY05VRQ5B5H4B001", 1)))[0], "")
+	bad := bk1.op("HCM001", "01M845RJX5TY05VRQ5B5H4B002", 0)
+	r := apply(bk1.push(bad))[0]
+	want("the backup at epoch 0", r, "epoch")
+	if !strings.Contains(r.Err, "never held") {
+		t.Fatalf("epoch refusal does not say why: %s", r.Err)
+	}
+	bk1.undo(bad)
+	bad = wa.op("HCM001", "01M845RJX5TY05VRQ5B5H4W003", 1)
+	want("the office at the backup's epoch", apply(wa.push(bad))[0], "epoch")
+	wa.undo(bad)
+	bad = bk2.op("HCM002", "01M845RJX5TY05VRQ5B5H4C001", 1)
+	want("another backup at an epoch of another ward", apply(bk2.push(bad))[0], "epoch")
+	bk2.undo(bad)
+
+	// Handback: asked, then released by the holder once it pushed all.
+	hb := apply(lease(LeaseHandback, "HCM001", "", 1))[0]
+	want("handback", hb, "")
+	if hb.Lease.Epoch != 1 || hb.Lease.HandbackTo != "wa" || hb.Lease.Active != "bk1" {
+		t.Fatalf("lease while handing back: %+v", hb.Lease)
+	}
+	release := func(by string, last uint64) Command {
+		return Command{Kind: KindLease, Lease: &LeaseCmd{Op: LeaseRelease, Ward: "HCM001", By: by, Expect: 1, LastSeq: last, At: 1_790_000_100_000}}
+	}
+	want("release by a node that does not hold the ward", apply(release("bk2", 0))[0], "forbidden")
+	want("release before the city has every op", apply(release("bk1", bk1.seq+1))[0], "conflict")
+	rel := apply(release("bk1", bk1.seq))[0]
+	want("release", rel, "")
+	if rel.Lease.Epoch != 2 || rel.Lease.Active != "wa" || rel.Lease.HandbackTo != "" {
+		t.Fatalf("lease after handback: %+v", rel.Lease)
+	}
+	want("the office at epoch 2", apply(wa.push(wa.op("HCM001", "01M845RJX5TY05VRQ5B5H4W003", 2)))[0], "")
+	want("the backup's late op at epoch 1", apply(bk1.push(bk1.op("HCM001", "01M845RJX5TY05VRQ5B5H4B002", 1)))[0], "")
+	want("handback of a ward at home", apply(lease(LeaseHandback, "HCM001", "", 2))[0], "conflict")
+
+	// History and agreement.
+	var hist []schema.Lease
+	if err := a.st.View(func(tx *store.Tx) error { var err error; hist, err = tx.LeaseHistory("HCM001"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if len(hist) != 2 || hist[0].Active != "bk1" || hist[1].Active != "wa" {
+		t.Fatalf("history: %+v", hist)
+	}
+	ha, _ := a.st.StateHash()
+	hb2, _ := b.st.StateHash()
+	if ha != hb2 {
+		t.Fatal("two members applying the same lease entries differ")
+	}
+}
+
+// TestFSMHandbackForce moves the lease without the holder, whose late
+// ops at its epoch still merge.
+func TestFSMHandbackForce(t *testing.T) {
+	wa := newOrigin("wa", schema.PeerWard, "HCM001")
+	bk1 := newOrigin("bk1", schema.PeerBackup, "HCM001")
+	f := newTestFSM(t)
+	f.ApplyBatch([]*raft.Log{entry(t, 1, wa.register(), bk1.register())})
+	res := f.ApplyBatch([]*raft.Log{entry(t, 2, lease(LeaseFailover, "HCM001", "bk1", 0))})[0].(*entryResult).Results[0]
+	if res.Code != "" {
+		t.Fatal(res.Err)
+	}
+	force := lease(LeaseHandback, "HCM001", "", 1)
+	force.Lease.Force = true
+	res = f.ApplyBatch([]*raft.Log{entry(t, 3, force)})[0].(*entryResult).Results[0]
+	if res.Code != "" || res.Lease.Epoch != 2 || res.Lease.Active != "wa" {
+		t.Fatalf("forced handback: %+v", res)
+	}
+	res = f.ApplyBatch([]*raft.Log{entry(t, 4, bk1.push(bk1.op("HCM001", "01M845RJX5TY05VRQ5B5H4B001", 1)))})[0].(*entryResult).Results[0]
+	if res.Code != "" || res.Applied != 1 {
+		t.Fatalf("late op of the backup after a forced handback: %+v", res)
+	}
+}
