@@ -100,7 +100,12 @@ func (n *Node) Attach(ctx context.Context, who store.Official, dossierID, name s
 		return schema.Attachment{}, false, errNoDossier
 	}
 	if err := n.store.View(func(tx *store.Tx) error {
-		_, err := n.ownDossier(tx, dossierID)
+		d, err := n.ownDossier(tx, dossierID)
+		if err != nil {
+			return err
+		}
+		// A read-only office refuses before reading the upload too.
+		_, err = n.writeEpoch(tx, d.Ward)
 		return err
 	}); err != nil {
 		return schema.Attachment{}, false, err

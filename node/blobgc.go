@@ -52,12 +52,16 @@ func (n *Node) CollectBlobs(ctx context.Context) (blobstore.GCReport, error) {
 }
 
 // MarkMissingBlobs marks for a background fetch every blob that a dossier
-// of this ward refers to and that this node does not hold in full (after
+// of a ward this node serves or served (blobWards) refers to and that this node does not hold in full (after
 // a restore from a backup, which does not carry the blob store, or after
 // a scrub). It returns how many it marked.
 func (n *Node) MarkMissingBlobs(ctx context.Context) (int, error) {
 	var missing [][32]byte
 	err := n.store.View(func(tx *store.Tx) error {
+		wards, err := n.blobWards(tx)
+		if err != nil {
+			return err
+		}
 		var last [32]byte
 		seen := false
 		return tx.AllBlobRefs(func(h [32]byte, dossier string) error {
@@ -65,7 +69,7 @@ func (n *Node) MarkMissingBlobs(ctx context.Context) (int, error) {
 				return nil
 			}
 			d, ok, err := tx.Dossier(dossier)
-			if err != nil || !ok || d.Ward != n.id.Ward {
+			if err != nil || !ok || !wards[d.Ward] {
 				return err
 			}
 			last, seen = h, true
@@ -89,7 +93,7 @@ func (n *Node) MarkMissingBlobs(ctx context.Context) (int, error) {
 		return nil
 	})
 	if err == nil {
-		n.log.Info("blobs of this ward missing here marked for fetching from the city", "blobs", len(missing))
+		n.log.Info("blobs of the wards served here missing here marked for fetching from the city", "blobs", len(missing))
 	}
 	return len(missing), err
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -21,6 +22,10 @@ import (
 
 // MaxBodyBytes bounds every request body (413 past it).
 const MaxBodyBytes = 1 << 20
+
+// HeaderActiveNode names, on every response, the node serving the ward
+// now: after a failover, clerks of a read-only office see where to go.
+const HeaderActiveNode = "X-Wardsync-Active-Node"
 
 // Handler returns the node's HTTP API.
 func (n *Node) Handler() http.Handler {
@@ -47,6 +52,7 @@ func (n *Node) Handler() http.Handler {
 	authed("POST /v1/officials", n.handleAddOfficial)
 	authed("GET /v1/me", n.handleMe)
 	authed("GET /v1/stats", n.handleStats)
+	authed("GET /v1/wards/{code}/digest", n.handleDigest)
 	authed("GET /v1/sync/status", n.handleSyncStatus)
 	authed("GET /v1/admin/backup", n.handleBackup)
 	authed("POST /v1/admin/linktest", n.handleLinkTest)
@@ -54,7 +60,43 @@ func (n *Node) Handler() http.Handler {
 	route("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		httpjson.WriteError(w, r, fmt.Errorf("%w: no route %s %s", schema.ErrNotFound, r.Method, r.URL.Path), n.log)
 	}))
-	return mux
+	return n.withActiveNode(mux)
+}
+
+// withActiveNode sets HeaderActiveNode on every response.
+func (n *Node) withActiveNode(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if name := n.activeNodeFor(r); name != "" {
+			w.Header().Set(HeaderActiveNode, name)
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// activeNodeFor is the node serving the ward a request is about: a ward
+// node's own ward; for a backup the ward in ?ward=, else its only held
+// ward. "" when there is no such ward or it is not known who serves it.
+func (n *Node) activeNodeFor(r *http.Request) string {
+	ward := n.id.Ward
+	if n.IsBackup() {
+		ward = r.URL.Query().Get("ward")
+		if ward == "" {
+			held := n.ServedWards()
+			if len(held) != 1 {
+				return ""
+			}
+			ward = held[0]
+		}
+	}
+	if _, ok := n.wards.Lookup(ward); !ok {
+		return "" // never a key made of whatever a client sent
+	}
+	l, _, err := n.Lease(ward)
+	if err != nil {
+		n.log.Warn("reading a ward lease for a response header", "ward", ward, "err", err)
+		return ""
+	}
+	return n.activeName(&l)
 }
 
 // Serve runs the API on addr until ctx ends, then shuts down gracefully.
@@ -151,9 +193,46 @@ func (n *Node) withAuth(h func(http.ResponseWriter, *http.Request, store.Officia
 	})
 }
 
+// leaseView is one ward's lease as /healthz shows it.
+type leaseView struct {
+	Ward       string   `json:"ward"`
+	ActiveNode string   `json:"active_node"`
+	Epoch      uint64   `json:"epoch"`
+	Mode       WardMode `json:"mode"`
+	Since      string   `json:"since,omitempty"`
+	Reason     string   `json:"reason,omitempty"`
+	HandbackTo string   `json:"handback_to,omitempty"`
+}
+
+// leaseViews are the leases of the wards this node serves, for /healthz.
+func (n *Node) leaseViews() ([]leaseView, error) {
+	out := []leaseView{}
+	for _, ward := range n.ServedWards() {
+		mode, l, err := n.Mode(ward)
+		if err != nil {
+			return nil, err
+		}
+		v := leaseView{Ward: ward, ActiveNode: n.activeName(&l), Epoch: l.Epoch, Mode: mode, Reason: l.Reason, HandbackTo: l.HandbackTo}
+		if l.Since != 0 {
+			v.Since = localTime(l.Since)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// handleHealth is GET /healthz. A ward office that is read-only because a
+// backup serves its ward is healthy: it says so in its lease's mode.
 func (n *Node) handleHealth(w http.ResponseWriter, r *http.Request) {
-	body := map[string]any{"status": "ok", "node": n.id.Node, "ward": n.id.Ward}
-	if err := n.Healthy(); err != nil {
+	body := map[string]any{"status": "ok", "node": n.id.Node, "ward": n.id.Ward, "role": n.role()}
+	leases, err := n.leaseViews()
+	if err == nil {
+		body["leases"] = leases
+	}
+	if err == nil {
+		err = n.Healthy()
+	}
+	if err != nil {
 		body["status"], body["error"] = "storage_failed", err.Error()
 		httpjson.WriteJSON(w, http.StatusServiceUnavailable, body)
 		return
@@ -210,12 +289,15 @@ func (n *Node) handleList(w http.ResponseWriter, r *http.Request, _ store.Offici
 			return &schema.FieldError{Field: "procedure", Reason: fmt.Sprintf("unknown procedure %q", lq.Procedure)}
 		}
 	}
-	switch q.Get("overdue") {
-	case "", "false":
-	case "true":
+	overdue, err := boolParam(q, "overdue")
+	if err != nil {
+		return err
+	}
+	if overdue {
 		lq.OverdueAt = n.now().UnixMilli()
-	default:
-		return &schema.FieldError{Field: "overdue", Reason: "must be true or false"}
+	}
+	if lq.Conflict, err = boolParam(q, "conflict"); err != nil {
+		return err
 	}
 	if s := q.Get("limit"); s != "" {
 		l, err := strconv.Atoi(s)
@@ -242,6 +324,17 @@ func (n *Node) handleList(w http.ResponseWriter, r *http.Request, _ store.Offici
 	}
 	httpjson.WriteJSON(w, http.StatusOK, map[string]any{"items": views, "next_cursor": nc})
 	return nil
+}
+
+// boolParam reads an optional true/false query parameter.
+func boolParam(q url.Values, name string) (bool, error) {
+	switch q.Get(name) {
+	case "", "false":
+		return false, nil
+	case "true":
+		return true, nil
+	}
+	return false, &schema.FieldError{Field: name, Reason: "must be true or false"}
 }
 
 func (n *Node) handleTransition(w http.ResponseWriter, r *http.Request, who store.Official) error {
@@ -372,7 +465,7 @@ func (n *Node) handleAddOfficial(w http.ResponseWriter, r *http.Request, who sto
 }
 
 func (n *Node) handleMe(w http.ResponseWriter, r *http.Request, who store.Official) error {
-	httpjson.WriteJSON(w, http.StatusOK, map[string]any{"official": viewOfficial(who, ""), "node": n.id.Node, "ward": n.id.Ward})
+	httpjson.WriteJSON(w, http.StatusOK, map[string]any{"official": viewOfficial(who, ""), "node": n.id.Node, "ward": n.id.Ward, "role": n.role()})
 	return nil
 }
 
@@ -383,7 +476,10 @@ func (n *Node) handleStats(w http.ResponseWriter, r *http.Request, _ store.Offic
 			return &schema.FieldError{Field: "ward", Reason: fmt.Sprintf("unknown ward %q", ward)}
 		}
 	} else {
-		ward = n.id.Ward
+		var err error
+		if ward, err = n.defaultWard("?ward=CODE"); err != nil {
+			return err
+		}
 	}
 	st, overdue, err := n.Stats(ward)
 	if err != nil {
@@ -412,6 +508,27 @@ func (n *Node) handleStats(w http.ResponseWriter, r *http.Request, _ store.Offic
 	httpjson.WriteJSON(w, http.StatusOK, map[string]any{
 		"ward": ward, "total": total, "by_status": st.ByStatus, "overdue": overdue, "procedures": procs,
 	})
+	return nil
+}
+
+// handleDigest is GET /v1/wards/{code}/digest: the ward's partition as
+// this node holds it (counts and a state hash), so a failover drill can
+// compare replicas.
+func (n *Node) handleDigest(w http.ResponseWriter, r *http.Request, _ store.Official) error {
+	ward := r.PathValue("code")
+	if _, ok := n.wards.Lookup(ward); !ok {
+		return fmt.Errorf("%w: no ward %q in the ward registry", schema.ErrNotFound, ward)
+	}
+	var dg store.Digest
+	err := n.store.View(func(tx *store.Tx) error {
+		var err error
+		dg, err = tx.WardDigest(ward)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	httpjson.WriteJSON(w, http.StatusOK, dg)
 	return nil
 }
 

@@ -80,6 +80,15 @@ func (c *dossierCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *dossierCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.n.id.Ward != "" { // a backup has no ward of its own to count
+		c.collectDossiers(ch)
+	}
+	lsm, vlog := c.n.store.Size()
+	ch <- prometheus.MustNewConstMetric(sizeDesc, prometheus.GaugeValue, float64(lsm), "lsm")
+	ch <- prometheus.MustNewConstMetric(sizeDesc, prometheus.GaugeValue, float64(vlog), "vlog")
+}
+
+func (c *dossierCollector) collectDossiers(ch chan<- prometheus.Metric) {
 	var st store.Stats
 	err := c.n.store.View(func(tx *store.Tx) error {
 		var err error
@@ -91,9 +100,6 @@ func (c *dossierCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(dossiersDesc, prometheus.GaugeValue, float64(st.ByStatus[s]), string(s))
 		}
 	}
-	lsm, vlog := c.n.store.Size()
-	ch <- prometheus.MustNewConstMetric(sizeDesc, prometheus.GaugeValue, float64(lsm), "lsm")
-	ch <- prometheus.MustNewConstMetric(sizeDesc, prometheus.GaugeValue, float64(vlog), "vlog")
 }
 
 // blobCollector reads the blob store's counts at scrape time.

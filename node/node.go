@@ -59,7 +59,8 @@ type Node struct {
 	log      *slog.Logger
 	metrics  *metrics
 
-	writes     localWrites
+	writes     signal // the node wrote an op of its own
+	leases     signal // a ward's known lease changed
 	syncStatus func() any
 	linkTest   func(ctx context.Context, bytes int64) (any, error)
 
@@ -99,7 +100,10 @@ var (
 
 // InitParams are the inputs of `ward init`.
 type InitParams struct {
-	Ward      string
+	Ward string // the ward office's ward; empty for a backup office
+	// Backup makes a backup office's node: it has no ward of its own and
+	// serves, after a failover, the wards whose leases the city gives it.
+	Backup    bool
 	Node      string
 	Series    string // "" derives it from Node
 	AdminName string
@@ -113,19 +117,21 @@ type InitParams struct {
 
 // InitResult is what `ward init` prints.
 type InitResult struct {
-	Node       string `json:"node"`
-	Ward       string `json:"ward"`
-	Series     string `json:"series"`
-	AdminID    string `json:"admin_id"`
-	AdminToken string `json:"admin_token"`
+	Node       string          `json:"node"`
+	Ward       string          `json:"ward"`
+	Role       schema.PeerRole `json:"role"`
+	Series     string          `json:"series"`
+	AdminID    string          `json:"admin_id"`
+	AdminToken string          `json:"admin_token"`
 }
 
 // Init creates a node's data dir: its identity (ed25519 key, receipt
 // series) and its first admin. It refuses an initialized dir.
 func Init(ctx context.Context, cfg Config, p InitParams) (InitResult, error) {
 	cfg.defaults()
-	if _, ok := cfg.Wards.Lookup(p.Ward); !ok {
-		return InitResult{}, &schema.FieldError{Field: "ward", Reason: fmt.Sprintf("unknown ward %q (see the ward registry)", p.Ward)}
+	role, err := initRole(cfg.Wards, p)
+	if err != nil {
+		return InitResult{}, err
 	}
 	if !nodeIDRe.MatchString(p.Node) {
 		return InitResult{}, &schema.FieldError{Field: "node", Reason: "must be 1-32 lower-case letters, digits and -, starting with a letter or digit"}
@@ -165,7 +171,7 @@ func Init(ctx context.Context, cfg Config, p InitParams) (InitResult, error) {
 	defer st.Close()
 	token, hash := newToken()
 	admin := store.Official{ID: "admin", Name: p.AdminName, Role: schema.RoleAdmin, TokenHash: hash, CreatedAt: cfg.Now().UTC()}
-	id := store.Identity{Node: p.Node, Ward: p.Ward, Series: series, PublicKey: pub, PrivateKey: priv, CreatedAt: cfg.Now().UTC()}
+	id := store.Identity{Node: p.Node, Ward: p.Ward, Role: role, Series: series, PublicKey: pub, PrivateKey: priv, CreatedAt: cfg.Now().UTC()}
 	err = st.Write(ctx, func(tx *store.Tx) error {
 		if err := tx.PutIdentity(id); err != nil {
 			return err
@@ -175,7 +181,7 @@ func Init(ctx context.Context, cfg Config, p InitParams) (InitResult, error) {
 	if err == nil {
 		err = st.Close()
 	}
-	res := InitResult{Node: p.Node, Ward: p.Ward, Series: series, AdminID: admin.ID, AdminToken: token}
+	res := InitResult{Node: p.Node, Ward: p.Ward, Role: role, Series: series, AdminID: admin.ID, AdminToken: token}
 	if err == nil && p.Announce != nil {
 		err = p.Announce(res)
 	}
@@ -187,6 +193,39 @@ func Init(ctx context.Context, cfg Config, p InitParams) (InitResult, error) {
 		return InitResult{}, err
 	}
 	return res, nil
+}
+
+// initRole checks the ward of a new node against its kind: a ward office
+// names a ward of the registry, a backup office none.
+func initRole(wards *schema.WardRegistry, p InitParams) (schema.PeerRole, error) {
+	if p.Backup {
+		if p.Ward != "" {
+			return "", &schema.FieldError{Field: "ward", Reason: fmt.Sprintf("a backup office has no ward of its own (got %q): leave it empty; it serves the wards whose leases the city gives it", p.Ward)}
+		}
+		return schema.PeerBackup, nil
+	}
+	if _, ok := wards.Lookup(p.Ward); !ok {
+		return "", &schema.FieldError{Field: "ward", Reason: fmt.Sprintf("unknown ward %q (see the ward registry)", p.Ward)}
+	}
+	return schema.PeerWard, nil
+}
+
+// checkIdentity checks a stored identity against this build's ward
+// registry: a ward node's ward must be in it; a backup has no ward.
+func checkIdentity(wards *schema.WardRegistry, id *store.Identity) error {
+	switch id.Role {
+	case "", schema.PeerWard:
+		if _, ok := wards.Lookup(id.Ward); !ok {
+			return fmt.Errorf("node: ward %s of this node is not in the ward registry", id.Ward)
+		}
+	case schema.PeerBackup:
+		if id.Ward != "" {
+			return fmt.Errorf("node: this backup office's identity names ward %s; a backup has no ward of its own", id.Ward)
+		}
+	default:
+		return fmt.Errorf("node: unknown node role %q in this node's identity", id.Role)
+	}
+	return nil
 }
 
 // moveInto renames dir src to dst (replacing an empty dst) and fsyncs the
@@ -232,11 +271,14 @@ func Open(cfg Config) (*Node, error) {
 		st.Close()
 		return nil, err
 	}
-	if _, ok := cfg.Wards.Lookup(id.Ward); !ok {
+	if err := checkIdentity(cfg.Wards, &id); err != nil {
 		st.Close()
-		return nil, fmt.Errorf("node: ward %s of this node is not in the ward registry", id.Ward)
+		return nil, err
 	}
 	log := cfg.Logger.With("node", id.Node, "ward", id.Ward)
+	if id.Role == schema.PeerBackup {
+		log = cfg.Logger.With("node", id.Node, "role", id.Role)
+	}
 	blobs, err := blobstore.Open(blobstore.Options{Dir: filepath.Join(cfg.Dir, "blobs"), EncryptionKey: cfg.EncryptionKey, Logger: log, Now: cfg.Now})
 	if err != nil {
 		st.Close()
@@ -268,6 +310,19 @@ func (n *Node) Identity() store.Identity {
 	id := n.id
 	id.PrivateKey = nil
 	return id
+}
+
+// IsBackup reports whether this is a backup office's node: it has no ward
+// of its own and serves only the wards whose leases it holds.
+func (n *Node) IsBackup() bool { return n.id.Role == schema.PeerBackup }
+
+// role is the node's certificate role as the lease rules see it (nodes
+// initialized before roles existed are ward nodes).
+func (n *Node) role() schema.PeerRole {
+	if n.id.Role == "" {
+		return schema.PeerWard
+	}
+	return n.id.Role
 }
 
 // Store exposes the store to the layers above (replication, benchmarks).

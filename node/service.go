@@ -20,7 +20,11 @@ import (
 func (n *Node) CreateDossier(ctx context.Context, who store.Official, in schema.NewDossier) (schema.Dossier, error) {
 	in.Normalize()
 	if in.Ward == "" {
-		in.Ward = n.id.Ward
+		w, err := n.defaultWard(`"ward" in the body`)
+		if err != nil {
+			return schema.Dossier{}, err
+		}
+		in.Ward = w
 	}
 	if err := in.Validate(n.catalog, n.wards); err != nil {
 		return schema.Dossier{}, err
@@ -28,6 +32,10 @@ func (n *Node) CreateDossier(ctx context.Context, who store.Official, in schema.
 	proc, _ := n.catalog.Lookup(in.Procedure)
 	var out schema.Dossier
 	err := n.store.Write(ctx, func(tx *store.Tx) error {
+		epoch, err := n.receiveEpoch(tx, in.Ward)
+		if err != nil {
+			return err
+		}
 		hlc := n.clock.Now()
 		id := n.newDossierID(hlc)
 		received := hlc.Time().In(schema.CityZone)
@@ -38,13 +46,13 @@ func (n *Node) CreateDossier(ctx context.Context, who store.Official, in schema.
 		}
 		body := schema.CreateBody{
 			Procedure: in.Procedure, Applicant: in.Applicant, Fields: in.Fields,
-			ReceiptNo:  n.receiptNo(received.Format("060102"), counter),
+			ReceiptNo:  n.receiptNo(in.Ward, received.Format("060102"), counter),
 			ReceivedAt: received.UnixMilli(),
 			DueAt:      n.calendar.DueAt(received, proc.ProcessingDays).UnixMilli(),
 		}
 		op := schema.Op{
 			ID: schema.OpID{Origin: n.id.Node, Seq: 1}, Ward: in.Ward, Dossier: id, HLC: hlc,
-			Actor: actorOf(who), Kind: schema.KindCreate, Body: schema.MarshalBody(body),
+			Actor: actorOf(who), Kind: schema.KindCreate, Epoch: epoch, Body: schema.MarshalBody(body),
 		}
 		// (Seq 1 is a placeholder until AppendLocal gives the real one.)
 		// Bytes, not characters, bound an op: refuse a form whose encoding
@@ -73,9 +81,14 @@ func (n *Node) CreateDossier(ctx context.Context, who store.Official, in schema.
 // receiptNo formats a receipt number: ward code, local date, the node's
 // series and a per-day counter, e.g. 26734-261123-W1A-0042. The series is
 // fixed per node at init, so two offices never issue the same number, even
-// while both are offline.
-func (n *Node) receiptNo(yymmdd string, counter uint64) string {
-	return fmt.Sprintf("%s-%s-%s-%04d", n.id.Ward, yymmdd, n.id.Series, counter)
+// while both are offline (a ward office and the backup serving its ward
+// included). The ward code is the receiving office's own; a backup has
+// none, so it prints the ward of the dossier it receives for.
+func (n *Node) receiptNo(ward, yymmdd string, counter uint64) string {
+	if !n.IsBackup() {
+		ward = n.id.Ward
+	}
+	return fmt.Sprintf("%s-%s-%s-%04d", ward, yymmdd, n.id.Series, counter)
 }
 
 // mutate appends one op of kind to an existing dossier after checking it
@@ -104,8 +117,9 @@ func (n *Node) mutate(ctx context.Context, who store.Official, id string, kind s
 	return out, err
 }
 
-// ownDossier reads dossier id for a change made here: it must exist and
-// belong to this node's ward.
+// ownDossier reads dossier id for a change made here: it must exist and,
+// on a ward node, belong to its ward. (Whether the node may write that
+// ward now is the lease's to say: see writeEpoch.)
 func (n *Node) ownDossier(tx *store.Tx, id string) (schema.Dossier, error) {
 	d, ok, err := tx.Dossier(id)
 	if err != nil {
@@ -114,7 +128,7 @@ func (n *Node) ownDossier(tx *store.Tx, id string) (schema.Dossier, error) {
 	if !ok {
 		return schema.Dossier{}, errNoDossier
 	}
-	if d.Ward != n.id.Ward {
+	if !n.IsBackup() && d.Ward != n.id.Ward {
 		// A dossier received here for another ward: that ward processes
 		// it; this office keeps a read-only tracking copy.
 		return schema.Dossier{}, fmt.Errorf("%w: dossier %s belongs to ward %s; this office keeps a read-only tracking copy", schema.ErrForbidden, id, d.Ward)
@@ -123,11 +137,18 @@ func (n *Node) ownDossier(tx *store.Tx, id string) (schema.Dossier, error) {
 }
 
 // appendOp checks one op of kind against d, signs and stores it, applies
-// it to d and stores d's new state, all inside the caller's write.
+// it to d and stores d's new state, all inside the caller's write. The op
+// carries the lease epoch under which this node writes d's ward.
 func (n *Node) appendOp(tx *store.Tx, who store.Official, d *schema.Dossier, kind schema.Kind, raw []byte) (schema.Op, error) {
+	// The lease first: a read-only office says so, not that a move is
+	// not allowed.
+	epoch, err := n.writeEpoch(tx, d.Ward)
+	if err != nil {
+		return schema.Op{}, err
+	}
 	op := schema.Op{
 		ID: schema.OpID{Origin: n.id.Node, Seq: 1}, Ward: d.Ward, Dossier: d.ID, HLC: n.clock.Now(),
-		Actor: actorOf(who), Kind: kind, Body: raw,
+		Actor: actorOf(who), Kind: kind, Epoch: epoch, Body: raw,
 	}
 	// Check before signing: refused moves (409/403) are common at the
 	// desk and should not cost a signature.
@@ -216,10 +237,13 @@ func (n *Node) Dossier(id string) (schema.Dossier, error) {
 	return d, err
 }
 
-// List returns one page of the ward's dossiers.
+// List returns one page of a ward's dossiers (by default the node's ward,
+// or a backup's only held ward).
 func (n *Node) List(q store.ListQuery) (items []schema.Dossier, next string, err error) {
 	if q.Ward == "" {
-		q.Ward = n.id.Ward
+		if q.Ward, err = n.defaultWard("?ward=CODE"); err != nil {
+			return nil, "", err
+		}
 	}
 	if q.Limit <= 0 {
 		q.Limit = 50
@@ -232,10 +256,13 @@ func (n *Node) List(q store.ListQuery) (items []schema.Dossier, next string, err
 	return items, next, err
 }
 
-// Stats returns a ward's counts.
+// Stats returns a ward's counts ("": as List defaults).
 func (n *Node) Stats(ward string) (store.Stats, int, error) {
 	if ward == "" {
-		ward = n.id.Ward
+		var err error
+		if ward, err = n.defaultWard("?ward=CODE"); err != nil {
+			return store.Stats{}, 0, err
+		}
 	}
 	var st store.Stats
 	overdue := 0

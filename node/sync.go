@@ -16,13 +16,15 @@ import (
 // What the sync layer (replication/sync) needs from the node, without the
 // node knowing anything of the network.
 
-// localWrites wakes the pusher when the node has written new ops.
-type localWrites struct {
+// signal wakes whoever waits for something to happen on the node: the
+// pusher for new own ops, the sync layer and status pages for a lease
+// change.
+type signal struct {
 	mu sync.Mutex
 	ch chan struct{}
 }
 
-func (l *localWrites) wait() <-chan struct{} {
+func (l *signal) wait() <-chan struct{} {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.ch == nil {
@@ -31,7 +33,7 @@ func (l *localWrites) wait() <-chan struct{} {
 	return l.ch
 }
 
-func (l *localWrites) notify() {
+func (l *signal) notify() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.ch != nil {
@@ -44,13 +46,17 @@ func (l *localWrites) notify() {
 // disk. Take it before reading the log, so no write is missed.
 func (n *Node) LocalWrites() <-chan struct{} { return n.writes.wait() }
 
-// ApplyPulled stores ops that came down from the city and the pull cursor
-// in one durable write, and moves the clock past them.
-func (n *Node) ApplyPulled(ctx context.Context, ops []schema.Op, cursor uint64) (int, error) {
+// ApplyPulled stores ops of ward's partition that came down from the city
+// and that partition's pull cursor in one durable write, and moves the
+// clock past them. (A backup pulls one partition per ward it holds.)
+func (n *Node) ApplyPulled(ctx context.Context, ward string, ops []schema.Op, cursor uint64) (int, error) {
+	if ward == "" {
+		return 0, fmt.Errorf("%w: ApplyPulled needs the ward of the partition pulled", schema.ErrInvalid)
+	}
 	var applied int
 	err := n.store.Write(ctx, func(tx *store.Tx) error {
 		var err error
-		applied, err = tx.ApplyPulled(ops, cursor)
+		applied, err = tx.ApplyPulled(ward, ops, cursor)
 		return err
 	})
 	if err != nil {
@@ -60,6 +66,17 @@ func (n *Node) ApplyPulled(ctx context.Context, ops []schema.Op, cursor uint64) 
 		n.clock.Observe(ops[i].HLC)
 	}
 	return applied, nil
+}
+
+// PullCursor returns the commit index of ward's partition applied here.
+func (n *Node) PullCursor(ward string) (uint64, error) {
+	var c uint64
+	err := n.store.View(func(tx *store.Tx) error {
+		var err error
+		c, err = tx.PullCursor(ward)
+		return err
+	})
+	return c, err
 }
 
 // SetLinkTest installs the function behind POST /v1/admin/linktest: the

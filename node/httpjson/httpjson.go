@@ -63,6 +63,10 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error, log *slog.Log
 		status, body = http.StatusUnsupportedMediaType, Error{Code: "unsupported_type", Message: err.Error()}
 	case errors.Is(err, schema.ErrInvalid):
 		status, body = http.StatusBadRequest, Error{Code: "invalid", Message: err.Error()}
+	case errors.Is(err, schema.ErrReadOnly):
+		// Before ErrConflict and ErrForbidden: another office serves the
+		// ward (the message names it); the client should go there.
+		status, body = http.StatusConflict, Error{Code: "read_only", Message: err.Error()}
 	case errors.Is(err, schema.ErrUnauthorized):
 		status, body = http.StatusUnauthorized, Error{Code: "unauthorized", Message: err.Error()}
 	case errors.Is(err, schema.ErrForbidden):
