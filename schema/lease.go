@@ -33,7 +33,8 @@ type Lease struct {
 	Home string `json:"home_node,omitempty"`
 	// HandbackTo is set while a handback waits for the holder to finish
 	// pushing; the holder is read-only for the ward meanwhile.
-	HandbackTo string `json:"handback_to,omitempty"`
+	HandbackTo     string `json:"handback_to,omitempty"`
+	HandbackReason string `json:"handback_reason,omitempty"`
 	// Index is the commit index of the change; Ready is the ward
 	// partition's head at that moment: the new holder serves clerks once
 	// it has pulled up to Ready, so it never works on a stale copy.

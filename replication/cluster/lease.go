@@ -87,7 +87,9 @@ func (f *fsm) applyLease(tx *store.Tx, index uint64, c *LeaseCmd) (Result, error
 		if !c.Force {
 			// Wait for the holder: it turns read-only, pushes everything
 			// and releases (LeaseRelease). The epoch stays.
-			cur.HandbackTo, cur.Reason = to, orDefault(c.Reason, cur.Reason)
+			// Index moves with every change, so nodes (which keep the
+			// newest lease they see) take this one over the last.
+			cur.HandbackTo, cur.HandbackReason, cur.Index = to, orDefault(c.Reason, "handback"), index
 			if err := tx.PutLease(&cur); err != nil {
 				return Result{}, err
 			}
@@ -95,6 +97,7 @@ func (f *fsm) applyLease(tx *store.Tx, index uint64, c *LeaseCmd) (Result, error
 			return Result{Lease: &cur}, nil
 		}
 		next.Active, next.Home = to, to
+		next.Reason = orDefault(c.Reason, "handback (forced)")
 	case LeaseRelease:
 		switch {
 		case cur.Epoch == 0 || cur.Active != c.By:
@@ -110,7 +113,7 @@ func (f *fsm) applyLease(tx *store.Tx, index uint64, c *LeaseCmd) (Result, error
 			return refuse("conflict", "the city holds %s's ops up to %d of %d: push the rest first", c.By, hw, c.LastSeq)
 		}
 		next.Active, next.Home = cur.HandbackTo, cur.HandbackTo
-		next.Reason = orDefault(cur.Reason, "handback")
+		next.Reason = orDefault(cur.HandbackReason, "handback")
 		next.By = cur.By // the operator who asked for the handback
 	default:
 		return Result{Err: fmt.Sprintf("unknown lease operation %q", c.Op), Code: "invalid"}, nil

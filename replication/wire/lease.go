@@ -6,7 +6,7 @@ import "github.com/wardsync/wardsync/schema"
 // reaches at the city (Head: the commit index of its latest change), so a
 // node catching up can show progress.
 //
-//	ward, active, epoch, since, reason, by, home, handback_to, index, ready, head
+//	ward, active, epoch, since, reason, by, home, handback_to, handback_reason, index, ready, head
 type LeaseInfo struct {
 	Lease schema.Lease
 	Head  uint64
@@ -24,6 +24,7 @@ func (m *LeaseInfo) appendPayload(e *encoder) {
 	e.string(l.By, MaxName, "by")
 	e.string(l.Home, MaxName, "home")
 	e.string(l.HandbackTo, MaxName, "handback_to")
+	e.string(l.HandbackReason, MaxText, "handback_reason")
 	e.uvarint(l.Index)
 	e.uvarint(l.Ready)
 	e.uvarint(m.Head)
@@ -39,6 +40,7 @@ func (m *LeaseInfo) decodePayload(d *decoder) {
 	l.By = d.string(MaxName, "by")
 	l.Home = d.string(MaxName, "home")
 	l.HandbackTo = d.string(MaxName, "handback_to")
+	l.HandbackReason = d.string(MaxText, "handback_reason")
 	l.Index = d.uvarint("index")
 	l.Ready = d.uvarint("ready")
 	m.Head = d.uvarint("head")
