@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os/exec"
@@ -149,4 +150,198 @@ func TestFailoverSmoke(t *testing.T) {
 		t.Fatalf("lease history:\n%s", out)
 	}
 	t.Logf("lease:\n%s", out)
+}
+
+type conflictedDossier struct {
+	ID        string `json:"id"`
+	Status    string `json:"status"`
+	ReceiptNo string `json:"receipt_no"`
+	Conflicts []struct {
+		Op string `json:"op"`
+		To string `json:"to"`
+	} `json:"conflicts"`
+	History []struct {
+		Op   string `json:"op"`
+		Kind string `json:"kind"`
+		Text string `json:"text"`
+	} `json:"history"`
+}
+
+// create makes a dossier on a node and returns it.
+func (w *wardNode) create(t *testing.T, i int) syncedDossier {
+	t.Helper()
+	var d syncedDossier
+	json.Unmarshal(w.must(t, "POST", "/v1/dossiers", map[string]any{"procedure": "certified-copy",
+		"applicant": map[string]string{"name": fmt.Sprintf("Người %d", i), "id_number": fmt.Sprintf("%012d", 79_300_000_000+i)}}, 201), &d)
+	return d
+}
+
+// TestSplitBrainNothingLost: the ward office loses its link, city IT
+// fails the ward over, then the backup loses its link too. Both offices
+// keep working cut off, with contradicting decisions on the same
+// dossiers and notes on others. After the links heal every op of both is
+// on every replica, the contradictions are flagged as conflicts, the old
+// office turns read-only, and once a head official at the backup resolves
+// them every replica holds the same state hash.
+func TestSplitBrainNothingLost(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e, ids := startCity3(t)
+	ward := testWard(t)
+	wa := e.initWard("wa", ward)
+	bk := e.initBackup("bk1", ward)
+	pa, cityA := e.proxiesFor(ctx, ids, 11)
+	pb, cityB := e.proxiesFor(ctx, ids, 21)
+	e.runWard(wa, cityA)
+	e.runBackup(bk, cityB)
+
+	const n = 30
+	var shared []string
+	for i := 0; i < n; i++ {
+		d := wa.create(t, i)
+		wa.must(t, "POST", "/v1/dossiers/"+d.ID+"/transitions", map[string]string{"to": "in_review"}, 200)
+		shared = append(shared, d.ID)
+	}
+	eventually(t, "the city holds the ward's work", 30*time.Second, func() error {
+		if d := e.digest("c1", ward); d.Dossiers != n || d.Ops != 2*n {
+			return fmt.Errorf("city has %+v", d)
+		}
+		return nil
+	})
+
+	// The office's link goes down; city IT fails the ward over.
+	setCut(pa, true)
+	if out, err := e.ops("c1", "failover", "--ward", ward, "--to", "bk1", "--reason", "office flooded", "--timeout", "60s"); err != nil {
+		t.Fatalf("failover: %v\n%s", err, out)
+	}
+	eventually(t, "the backup serves the ward", 30*time.Second, func() error {
+		if m := bk.mode(t, ward); m != "serving" {
+			return fmt.Errorf("backup mode %q", m)
+		}
+		return nil
+	})
+	if m := wa.mode(t, ward); m != "serving" {
+		t.Fatalf("the cut-off office should still believe it serves the ward, mode %q", m)
+	}
+	// Now the backup is cut off too, and both work.
+	setCut(pb, true)
+	const contradicted = 10
+	var newAtWard, newAtBackup []syncedDossier
+	for i, id := range shared {
+		switch {
+		case i < contradicted:
+			wa.must(t, "POST", "/v1/dossiers/"+id+"/transitions", map[string]string{"to": "approved"}, 200)
+			bk.must(t, "POST", "/v1/dossiers/"+id+"/transitions", map[string]string{"to": "rejected"}, 200)
+		case i < 2*contradicted:
+			wa.must(t, "POST", "/v1/dossiers/"+id+"/notes", map[string]string{"text": "ghi chú tại phường"}, 200)
+			bk.must(t, "POST", "/v1/dossiers/"+id+"/notes", map[string]string{"text": "ghi chú tại văn phòng dự phòng"}, 200)
+		}
+	}
+	for i := 0; i < 5; i++ {
+		newAtWard = append(newAtWard, wa.create(t, 1000+i))
+		newAtBackup = append(newAtBackup, bk.create(t, 2000+i))
+	}
+
+	// Heal.
+	setCut(pa, false)
+	setCut(pb, false)
+	replicas := func() map[string]store.Digest {
+		out := map[string]store.Digest{"wa": wa.digest(t, ward), "bk1": bk.digest(t, ward)}
+		for _, m := range ids {
+			out[m] = e.digest(m, ward)
+		}
+		return out
+	}
+	allEqual := func(want func(store.Digest) error) error {
+		ds := replicas()
+		for name, d := range ds {
+			if d.Hash != ds["c1"].Hash || d.Ops != ds["c1"].Ops {
+				return fmt.Errorf("replicas differ: %s has %+v, c1 %+v", name, d, ds["c1"])
+			}
+		}
+		return want(ds["c1"])
+	}
+	wantOps := 2*n + 2*contradicted + 2*contradicted + 10
+	eventually(t, "every op of both offices on every replica", 60*time.Second, func() error {
+		return allEqual(func(d store.Digest) error {
+			if d.Dossiers != n+10 || d.Ops != wantOps || d.Conflicts != contradicted {
+				return fmt.Errorf("digest %+v, want %d dossiers, %d ops, %d conflicts", d, n+10, wantOps, contradicted)
+			}
+			return nil
+		})
+	})
+	eventually(t, "the old office learns it is read-only", 30*time.Second, func() error {
+		if m := wa.mode(t, ward); m != "read_only" {
+			return fmt.Errorf("office mode %q", m)
+		}
+		return nil
+	})
+	code, body, _ := wa.api.do("POST", "/v1/dossiers/"+shared[n-1]+"/transitions", map[string]string{"to": "approved"})
+	if code != 409 || !strings.Contains(string(body), "read_only") {
+		t.Fatalf("write at the old office after heal: HTTP %d %s", code, body)
+	}
+	// Notes from both offices merged without a conflict.
+	var d conflictedDossier
+	json.Unmarshal(bk.must(t, "GET", "/v1/dossiers/"+shared[contradicted], nil, 200), &d)
+	notes := 0
+	for _, h := range d.History {
+		if h.Kind == "annotate" {
+			notes++
+		}
+	}
+	if notes != 2 || len(d.Conflicts) != 0 {
+		t.Fatalf("concurrent notes: %d notes, %d conflicts in %+v", notes, len(d.Conflicts), d)
+	}
+	// The conflicts are listed, on the backup and at the city.
+	var list struct {
+		Items []conflictedDossier `json:"items"`
+	}
+	json.Unmarshal(bk.must(t, "GET", "/v1/dossiers?conflict=true&limit=100", nil, 200), &list)
+	if len(list.Items) != contradicted {
+		t.Fatalf("backup lists %d conflicted dossiers, want %d", len(list.Items), contradicted)
+	}
+	code, body = e.call(e.admin, "GET", e.members["c2"].url+"/v1/wards/"+ward+"/dossiers?conflict=true&limit=100", nil)
+	var cityList struct {
+		Items []conflictedDossier `json:"items"`
+	}
+	json.Unmarshal(body, &cityList)
+	if code != 200 || len(cityList.Items) != contradicted {
+		t.Fatalf("city lists %d conflicted dossiers (HTTP %d)", len(cityList.Items), code)
+	}
+	// A head official at the backup resolves each one.
+	for _, c := range list.Items {
+		if len(c.Conflicts) != 1 {
+			t.Fatalf("dossier %s has conflicts %+v", c.ID, c.Conflicts)
+		}
+		bk.must(t, "POST", "/v1/dossiers/"+c.ID+"/resolve", map[string]string{"conflict": c.Conflicts[0].Op, "to": "approved", "note": "đã đối chiếu hồ sơ gốc"}, 200)
+	}
+	eventually(t, "every replica shows the same outcome", 60*time.Second, func() error {
+		return allEqual(func(d store.Digest) error {
+			if d.Conflicts != 0 || d.Ops != wantOps+contradicted {
+				return fmt.Errorf("digest %+v", d)
+			}
+			return nil
+		})
+	})
+	for _, id := range shared[:contradicted] {
+		for _, m := range ids {
+			if cd, _ := e.cityDossier(m, id); cd.Status != "approved" {
+				t.Fatalf("dossier %s on %s after resolution: %+v", id, m, cd)
+			}
+		}
+	}
+	// Receipt numbers never collide, though both offices were offline.
+	seen := map[string]string{}
+	for _, d := range append(newAtWard, newAtBackup...) {
+		if other, dup := seen[d.ReceiptNo]; dup {
+			t.Fatalf("receipt %s given to %s and %s", d.ReceiptNo, other, d.ID)
+		}
+		seen[d.ReceiptNo] = d.ID
+	}
+	if !strings.Contains(newAtBackup[0].ReceiptNo, "-BK1-") || !strings.Contains(newAtWard[0].ReceiptNo, "-WA-") {
+		t.Fatalf("receipt series: office %s, backup %s", newAtWard[0].ReceiptNo, newAtBackup[0].ReceiptNo)
+	}
 }
