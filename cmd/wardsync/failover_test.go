@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -343,5 +345,98 @@ func TestSplitBrainNothingLost(t *testing.T) {
 	}
 	if !strings.Contains(newAtBackup[0].ReceiptNo, "-BK1-") || !strings.Contains(newAtWard[0].ReceiptNo, "-WA-") {
 		t.Fatalf("receipt series: office %s, backup %s", newAtWard[0].ReceiptNo, newAtBackup[0].ReceiptNo)
+	}
+}
+
+// TestBackupHoldsSeveralWards: two offices close; one backup office takes
+// both wards, pulls their dossiers and scans (it can serve a scan with
+// the whole city down), and serves both with each ward's receipt rules.
+func TestBackupHoldsSeveralWards(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	e, ids := startCity3(t)
+	wards := schema.DefaultWards().All()
+	w1, w2 := wards[0].Code, wards[1].Code
+	wa, wb := e.initWard("wa", w1), e.initWard("wb", w2)
+	bk := e.initBackup("bk1", w1, w2)
+	city := e.cityQUIC(ids...)
+	e.runWard(wa, city)
+	e.runWard(wb, city)
+	e.runBackup(bk, city)
+	da, db := wa.create(t, 1), wb.create(t, 2)
+	pdf := scan(3 << 20)
+	hash := wa.attach(t, da.ID, "giay-khai-sinh.pdf", pdf)
+	eventually(t, "both wards and the scan at the city", 60*time.Second, func() error {
+		if e.digest("c1", w1).Dossiers != 1 || e.digest("c1", w2).Dossiers != 1 {
+			return fmt.Errorf("not yet")
+		}
+		if got := e.holders(ids, hash); len(got) < 2 {
+			return fmt.Errorf("scan on %v", got)
+		}
+		if c, ok := e.cityAttachments("c1", da.ID); !ok || len(c.Attachments) != 1 {
+			return fmt.Errorf("attach op not released yet")
+		}
+		return nil
+	})
+	wa.proc.stop()
+	wb.proc.stop()
+	for _, w := range []string{w1, w2} {
+		if out, err := e.ops("c2", "failover", "--ward", w, "--to", "bk1", "--reason", "offices closed", "--timeout", "60s"); err != nil {
+			t.Fatalf("failover %s: %v\n%s", w, err, out)
+		}
+	}
+	var st struct {
+		Wards []struct {
+			Ward    string  `json:"ward"`
+			Mode    string  `json:"mode"`
+			Active  string  `json:"active_node"`
+			Percent float64 `json:"catch_up_percent"`
+		} `json:"wards"`
+		Blobs struct {
+			PendingFetches int `json:"pending_fetches"`
+		} `json:"blobs"`
+	}
+	eventually(t, "the backup serves both wards and has the scan", 60*time.Second, func() error {
+		json.Unmarshal(bk.must(t, "GET", "/v1/sync/status", nil, 200), &st)
+		if len(st.Wards) != 2 || st.Blobs.PendingFetches != 0 {
+			return fmt.Errorf("status %+v", st)
+		}
+		for _, w := range st.Wards {
+			if w.Mode != "serving" || w.Active != "bk1" || w.Percent != 100 {
+				return fmt.Errorf("status %+v", st)
+			}
+		}
+		return nil
+	})
+	// Creates name the ward when a backup holds several.
+	body := map[string]any{"procedure": "certified-copy", "applicant": map[string]string{"name": "Lê Văn C", "id_number": "079300000777"}}
+	if code, b, _ := bk.api.do("POST", "/v1/dossiers", body); code != 400 || !strings.Contains(string(b), `"ward"`) {
+		t.Fatalf("create without a ward at a backup of two: HTTP %d %s", code, b)
+	}
+	for _, w := range []string{w1, w2} {
+		body["ward"] = w
+		var d syncedDossier
+		json.Unmarshal(bk.must(t, "POST", "/v1/dossiers", body, 201), &d)
+		if d.Ward != w || !strings.HasPrefix(d.ReceiptNo, w+"-") || !strings.Contains(d.ReceiptNo, "-BK1-") {
+			t.Fatalf("backup's dossier for %s: %+v", w, d)
+		}
+	}
+	bk.must(t, "POST", "/v1/dossiers/"+db.ID+"/transitions", map[string]string{"to": "in_review"}, 200)
+	// The scan was pulled in the background: the backup serves it with
+	// every city member down.
+	for _, m := range ids {
+		e.members[m].stop()
+	}
+	req, _ := http.NewRequest("GET", bk.api.base+"/v1/dossiers/"+da.ID+"/attachments/"+hash, nil)
+	req.Header.Set("Authorization", "Bearer "+bk.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || hexSum(got) != hash {
+		t.Fatalf("scan from the backup with the city down: HTTP %d, %d bytes", resp.StatusCode, len(got))
 	}
 }

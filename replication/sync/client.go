@@ -99,10 +99,6 @@ type Status struct {
 	// Wards says, per pulled ward, who serves it now and whether this
 	// node serves it (or is catching up, with percent and ETA).
 	Wards []WardStatus `json:"wards"`
-	// BlobsToPull counts scans of the wards this node serves that it has
-	// not fetched yet (up to 10,000): after a failover, the backup's
-	// attachments are complete when it reaches 0.
-	BlobsToPull int `json:"blobs_to_pull"`
 }
 
 // NewClient builds a client; Run starts it.
@@ -545,9 +541,6 @@ func (c *Client) Status() Status {
 	c.mu.Unlock()
 	c.cfg.Node.Store().View(func(tx *store.Tx) error {
 		st.LastSeq, _ = tx.LastSeq()
-		if f, err := tx.PendingFetches(10_000); err == nil {
-			st.BlobsToPull = len(f)
-		}
 		if st.LastSeq > st.PushAcked {
 			st.OutboxDepth = st.LastSeq - st.PushAcked
 			// Lag: how long the oldest op the city lacks has waited.
