@@ -188,6 +188,8 @@ func FuzzDecodeEntry(f *testing.F) {
 	b, _ := EncodeEntry([]Command{portal(1)})
 	f.Add(b)
 	f.Add([]byte{entryVersion, 1, byte(KindOps), 1, 0})
+	b, _ = EncodeEntry([]Command{lease(LeaseFailover, "HCM001", "bk1", 0), {Kind: KindLease, Lease: &LeaseCmd{Op: LeaseRelease, Ward: "HCM001", By: "bk1", Expect: 1, LastSeq: 9}}})
+	f.Add(b)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cmds, err := DecodeEntry(data)
 		if err != nil {

@@ -66,6 +66,18 @@ type leaseChangeRequest struct {
 	Force  bool    `json:"force"`
 }
 
+// change checks the request for op (failover or handback) on ward.
+func (in *leaseChangeRequest) change(op, ward string) (schema.LeaseChange, error) {
+	if in.Expect == nil {
+		return schema.LeaseChange{}, &schema.FieldError{Field: "expect_epoch", Reason: "is required: the epoch of the lease as you read it (GET /v1/wards/" + ward + "/lease)"}
+	}
+	if in.Force && op != LeaseHandback {
+		return schema.LeaseChange{}, &schema.FieldError{Field: "force", Reason: "applies to a handback only"}
+	}
+	ch := schema.LeaseChange{To: in.To, Reason: in.Reason, Expect: *in.Expect, Force: in.Force}
+	return ch, ch.Validate(op == LeaseFailover)
+}
+
 func (c *Cluster) handleLeaseChange(op string) apiHandler {
 	return func(w http.ResponseWriter, r *http.Request, who schema.PeerIdentity) error {
 		ward, err := c.wardOf(r)
@@ -76,14 +88,8 @@ func (c *Cluster) handleLeaseChange(op string) apiHandler {
 		if err := httpjson.DecodeBody(w, r, MaxBodyBytes, &in); err != nil {
 			return err
 		}
-		if in.Expect == nil {
-			return &schema.FieldError{Field: "expect_epoch", Reason: "is required: the epoch of the lease as you read it (GET /v1/wards/" + ward + "/lease)"}
-		}
-		if in.Force && op != LeaseHandback {
-			return &schema.FieldError{Field: "force", Reason: "applies to a handback only"}
-		}
-		ch := schema.LeaseChange{To: in.To, Reason: in.Reason, Expect: *in.Expect, Force: in.Force}
-		if err := ch.Validate(op == LeaseFailover); err != nil {
+		ch, err := in.change(op, ward)
+		if err != nil {
 			return err
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"crypto/ed25519"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -189,4 +190,40 @@ func TestFSMHandbackForce(t *testing.T) {
 	if res.Code != "" || res.Applied != 1 {
 		t.Fatalf("late op of the backup after a forced handback: %+v", res)
 	}
+}
+
+// FuzzLeaseChangeBody feeds arbitrary request bodies to the lease API's
+// decoding and checks: no panic, and a body it accepts has a valid shape
+// (a failover names its target) and survives a round trip.
+func FuzzLeaseChangeBody(f *testing.F) {
+	f.Add([]byte(`{"to":"bk1","reason":"lũ lụt","expect_epoch":0}`), true)
+	f.Add([]byte(`{"expect_epoch":3,"force":true}`), false)
+	f.Add([]byte(`{"to":"BK 1","expect_epoch":-1}`), true)
+	f.Add([]byte(`{"to":"bk1"}`), true)
+	f.Add([]byte(`{"reason":"\xff","expect_epoch":1}`), false)
+	f.Fuzz(func(t *testing.T, data []byte, failover bool) {
+		op := LeaseHandback
+		if failover {
+			op = LeaseFailover
+		}
+		var in leaseChangeRequest
+		if json.Unmarshal(data, &in) != nil {
+			return
+		}
+		ch, err := in.change(op, "HCM001")
+		if err != nil {
+			return
+		}
+		if failover && ch.To == "" {
+			t.Fatalf("accepted a failover without a target: %s", data)
+		}
+		if ch.Force && failover {
+			t.Fatalf("accepted force on a failover: %s", data)
+		}
+		b, _ := json.Marshal(ch)
+		var again schema.LeaseChange
+		if err := json.Unmarshal(b, &again); err != nil || again != ch {
+			t.Fatalf("round trip: %+v vs %+v", again, ch)
+		}
+	})
 }
