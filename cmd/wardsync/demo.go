@@ -23,7 +23,7 @@ import (
 func demoCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "demo",
-		Usage: "run a whole city on this machine: a CA, 3 city members and 2 ward nodes on 127.0.0.1, until Ctrl-C",
+		Usage: "run a whole city on this machine: a CA, 3 city members, 2 ward nodes and a backup office on 127.0.0.1, until Ctrl-C",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "dir", Usage: "where to keep the demo's data and certificates (default: a new temp dir)", EnvVars: []string{"WARDSYNC_DEMO_DIR"}},
 		},
@@ -98,13 +98,28 @@ func runDemo(c *cli.Context) error {
 			}
 		}
 	}
+	// A backup office that may cover both wards (city IT fails a ward
+	// over to it with `ops failover`).
+	if _, err := os.Stat(filepath.Join(dir, "tls", "bk1")); err != nil {
+		args := []string{"ops", "cert", "issue", "--ca", ca, "--role", "backup", "--node", "bk1", "--out", filepath.Join(dir, "tls", "bk1")}
+		for _, wd := range wards {
+			args = append(args, "--ward", wd.Code)
+		}
+		if _, err := run(args...); err != nil {
+			return err
+		}
+	}
 	tokens := map[string]string{}
+	inits := map[string][]string{"bk1": {"backup-office", "init", "--node", "bk1"}}
 	for i, wd := range wards {
 		name := fmt.Sprintf("w%d", i+1)
+		inits[name] = []string{"ward", "init", "--ward", wd.Code, "--node", name}
+	}
+	for name, args := range inits {
 		data := filepath.Join(dir, "data", name)
 		tokFile := filepath.Join(dir, name+".token")
 		if _, err := os.Stat(data); err != nil {
-			out, err := run("ward", "init", "--data", data, "--ward", wd.Code, "--node", name, "--json")
+			out, err := run(append(args, "--data", data, "--json")...)
 			if err != nil {
 				return err
 			}
@@ -187,7 +202,11 @@ func runDemo(c *cli.Context) error {
 			return err
 		}
 	}
-	city, w1, w2 := procs[0].url, procs[3].url, procs[4].url
+	if _, err := start("bk1", "backup-office", "run", "--data", filepath.Join(dir, "data", "bk1"), "--http", "127.0.0.1:0",
+		"--city", cityQUIC, "--tls", filepath.Join(dir, "tls", "bk1"), "--quic", "127.0.0.1:0"); err != nil {
+		return err
+	}
+	city, w1, w2, bk := procs[0].url, procs[3].url, procs[4].url, procs[5].url
 	tls := filepath.Join(dir, "tls")
 	fmt.Fprintf(w, `
 wardsync demo is running (data, logs and certificates in %[1]s).
@@ -195,6 +214,7 @@ wardsync demo is running (data, logs and certificates in %[1]s).
 City members:  %[2]s  %[3]s  %[4]s
 Ward %[5]s (node w1): %[6]s   token %[7]s
 Ward %[8]s (node w2): %[9]s   token %[10]s
+Backup office (node bk1, may cover both): %[12]s   token %[13]s
 
 Try:
   export WARDSYNC_NODE=%[6]s WARDSYNC_TOKEN=%[7]s
@@ -210,8 +230,14 @@ Try:
     -d '{"procedure":"certified-copy","ward":"%[5]s","applicant":{"name":"Trần Thị Bích","id_number":"079123456780"}}'
     (then: wardsync dossier list — the portal dossier is on ward w1)
 
+Fail ward %[5]s over to the backup office and back (docs/failover.md):
+  wardsync ops failover --ward %[5]s --to bk1 --reason "office closed" --city %[2]s --tls %[11]s/admin
+  WARDSYNC_NODE=%[12]s WARDSYNC_TOKEN=%[13]s wardsync dossier list   (the backup serves the ward now; w1 is read-only)
+  wardsync ops handback --ward %[5]s --city %[2]s --tls %[11]s/admin
+  wardsync ops lease --ward %[5]s --city %[2]s --tls %[11]s/admin
+
 Ctrl-C stops everything; run again with --dir %[1]s to keep the data.
-`, dir, city, procs[1].url, procs[2].url, wards[0].Code, w1, tokens["w1"], wards[1].Code, w2, tokens["w2"], tls)
+`, dir, city, procs[1].url, procs[2].url, wards[0].Code, w1, tokens["w1"], wards[1].Code, w2, tokens["w2"], tls, bk, tokens["bk1"])
 	<-ctx.Done()
 	fmt.Fprintln(w, "stopping ...")
 	return nil
