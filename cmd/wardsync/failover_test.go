@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,7 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardsync/wardsync/node/blobstore"
 	"github.com/wardsync/wardsync/node/store"
+	"github.com/wardsync/wardsync/ops/certs"
+	"github.com/wardsync/wardsync/replication/blob"
+	"github.com/wardsync/wardsync/replication/transport"
 	"github.com/wardsync/wardsync/schema"
 )
 
@@ -423,6 +428,36 @@ func TestBackupHoldsSeveralWards(t *testing.T) {
 		}
 	}
 	bk.must(t, "POST", "/v1/dossiers/"+db.ID+"/transitions", map[string]string{"to": "in_review"}, 200)
+	// Invariant 4: another backup office whose certificate names the ward
+	// but holds no lease may not read the ward's scans.
+	runOK(t, "ops", "cert", "issue", "--ca", filepath.Join(e.dir, "ca"), "--role", "backup", "--node", "bk2", "--ward", w1, "--out", filepath.Join(e.dir, "tls", "bk2"))
+	cert, pool, _, err := certs.LoadBundle(filepath.Join(e.dir, "tls", "bk2"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := transport.New(transport.Config{Addr: "127.0.0.1:0", Cert: cert, CA: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go ep.Run(ctx)
+	defer ep.Close()
+	conn, err := ep.Dial(ctx, e.quic["c1"], transport.ALPNBlob, schema.PeerCity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs, err := blobstore.Open(blobstore.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, _ := schema.ParseHash(hash)
+	_, err = blob.Get(ctx, conn, "bk2", w1, bs, h, blob.Options{})
+	st2, _ := bs.Stats()
+	bs.Close()
+	if !errors.Is(err, schema.ErrForbidden) || st2.Chunks != 0 {
+		t.Fatalf("a backup without the lease got the ward's scan: %v (%d chunks)", err, st2.Chunks)
+	}
 	// The scan was pulled in the background: the backup serves it with
 	// every city member down.
 	for _, m := range ids {

@@ -318,13 +318,26 @@ func (c *City) mayPut(peer schema.PeerIdentity, m *schema.Manifest) (verified, a
 
 // mayRead decides whether peer may get blob h: a member may get any; a
 // ward or backup office one that a dossier of a ward it serves (or keeps a
-// tracking copy of) refers to.
+// tracking copy of) refers to: invariant 4, a node reads only what its
+// certificate and the ward's lease allow.
 func (c *City) mayRead(peer schema.PeerIdentity, h [32]byte) error {
 	if peer.Role == schema.PeerCity {
 		return nil
 	}
 	allowed := false
 	err := c.c.Store().View(func(tx *store.Tx) error {
+		// A ward office reads its own ward's scans; a backup office only
+		// those of wards whose lease it holds now (what it pulls).
+		reads := func(ward string) (bool, error) {
+			if !peer.MayServe(ward) {
+				return false, nil
+			}
+			if peer.Role != schema.PeerBackup {
+				return true, nil
+			}
+			l, err := tx.Lease(ward)
+			return l.Epoch > 0 && l.Active == peer.Node, err
+		}
 		refs, err := tx.BlobRefs(h)
 		if err != nil {
 			return err
@@ -334,15 +347,17 @@ func (c *City) mayRead(peer schema.PeerIdentity, h [32]byte) error {
 			if err != nil {
 				return err
 			}
-			if ok && peer.MayServe(d.Ward) {
-				allowed = true
-				return nil
+			if ok {
+				if allowed, err = reads(d.Ward); err != nil || allowed {
+					return err
+				}
 			}
 			if t, ok, err := tx.Tracker(id); err != nil {
 				return err
-			} else if ok && peer.MayServe(t) {
-				allowed = true
-				return nil
+			} else if ok {
+				if allowed, err = reads(t); err != nil || allowed {
+					return err
+				}
 			}
 		}
 		return nil
