@@ -287,3 +287,21 @@ func (n *Node) activeName(l *schema.Lease) string {
 	}
 	return l.ActiveName(n.id.Node)
 }
+
+// mayRead refuses a backup office the dossiers of a ward it does not hold
+// (never held, or handed back): invariant 4, a node reads only what its
+// certificate and the ward's lease allow. A ward office reads its own
+// copy whoever serves the ward.
+func (n *Node) mayRead(tx *store.Tx, ward string) error {
+	if !n.IsBackup() {
+		return nil
+	}
+	mode, _, err := n.wardState(tx, ward)
+	if err != nil {
+		return err
+	}
+	if mode == ModeNotHeld {
+		return fmt.Errorf("%w: this backup office does not hold ward %s's lease; its dossiers are read at the office that serves it", schema.ErrForbidden, ward)
+	}
+	return nil
+}

@@ -393,7 +393,9 @@ func TestBackupOffice(t *testing.T) {
 		t.Errorf("mode after handback %s", m)
 	}
 	e.call("POST", "/v1/dossiers/"+d.ID+"/transitions", head.Token, map[string]string{"to": "approved"}).wantError(t, http.StatusForbidden, "forbidden", "")
-	if got := e.call("GET", "/v1/dossiers/"+d.ID+"?ward="+a, clerk.Token, nil).want(t, http.StatusOK).Header.Get(node.HeaderActiveNode); got != testNodeID {
+	// Nor may it read the ward any more (invariant 4); the header says who
+	// serves it.
+	if got := e.call("GET", "/v1/dossiers/"+d.ID+"?ward="+a, clerk.Token, nil).want(t, http.StatusForbidden).Header.Get(node.HeaderActiveNode); got != testNodeID {
 		t.Errorf("header for a handed-back ward %q, want %s", got, testNodeID)
 	}
 	// Now b is the only held ward: it is the default again.

@@ -143,6 +143,11 @@ func Init(ctx context.Context, cfg Config, p InitParams) (InitResult, error) {
 	if !seriesRe.MatchString(series) {
 		return InitResult{}, &schema.FieldError{Field: "series", Reason: fmt.Sprintf("%q must be 1-8 upper-case letters or digits (set --series)", series)}
 	}
+	if series == "CITY" {
+		// The city's own series (portal intake): a node using it could
+		// print a number the portal also prints.
+		return InitResult{}, &schema.FieldError{Field: "series", Reason: `"CITY" is the portal's series; choose another (set --series)`}
+	}
 	if p.AdminName == "" {
 		p.AdminName = "Administrator"
 	}

@@ -232,6 +232,9 @@ func (n *Node) Dossier(id string) (schema.Dossier, error) {
 		if err == nil && !ok {
 			err = errNoDossier
 		}
+		if err == nil {
+			err = n.mayRead(tx, d.Ward)
+		}
 		return err
 	})
 	return d, err
@@ -249,6 +252,9 @@ func (n *Node) List(q store.ListQuery) (items []schema.Dossier, next string, err
 		q.Limit = 50
 	}
 	err = n.store.View(func(tx *store.Tx) error {
+		if err := n.mayRead(tx, q.Ward); err != nil {
+			return err
+		}
 		var err error
 		items, next, err = tx.ListDossiers(q)
 		return err
@@ -267,6 +273,9 @@ func (n *Node) Stats(ward string) (store.Stats, int, error) {
 	var st store.Stats
 	overdue := 0
 	err := n.store.View(func(tx *store.Tx) error {
+		if err := n.mayRead(tx, ward); err != nil {
+			return err
+		}
 		var err error
 		if st, err = tx.Stats(ward); err != nil {
 			return err

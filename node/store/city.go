@@ -154,7 +154,20 @@ func (tx *Tx) PartitionHead(ward string) (uint64, error) {
 // Ward-side sync cursors.
 
 // PullCursor is the commit index of a ward partition applied so far.
-func (tx *Tx) PullCursor(ward string) (uint64, error) { return tx.getUint(pullCursorKey(ward)) }
+func (tx *Tx) PullCursor(ward string) (uint64, error) {
+	if _, ok, err := tx.get(pullCursorKey(ward)); err != nil || ok {
+		if err != nil {
+			return 0, err
+		}
+		return tx.getUint(pullCursorKey(ward))
+	}
+	// A ward node from before per-ward cursors kept one for its own ward:
+	// go on from it rather than pull the whole partition again.
+	if id, err := tx.Identity(); err == nil && id.Ward == ward {
+		return tx.getUint(keyLegacyPullCursor)
+	}
+	return 0, nil
+}
 
 // PushAcked is the highest own seq the city acknowledged.
 func (tx *Tx) PushAcked() (uint64, error) { return tx.getUint(keyPushAcked) }

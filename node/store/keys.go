@@ -85,6 +85,9 @@ var (
 	keyFormat    = metaKey("format")
 	keyApplied   = metaKey("applied")
 	keyPushAcked = metaKey("push_acked")
+	// keyLegacyPullCursor is the one pull cursor of a ward node before
+	// pc/<ward>; read only, as the starting point of its own ward's.
+	keyLegacyPullCursor = metaKey("pull_cursor")
 )
 
 // formatVersion is the key layout version written at init. A node refuses

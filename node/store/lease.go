@@ -61,7 +61,7 @@ func (tx *Tx) LeaseHistory(ward string) ([]schema.Lease, error) {
 // certificate); a later epoch by the one node it names.
 func (tx *Tx) EpochHeld(ward, origin string, role schema.PeerRole, epoch uint64) (bool, error) {
 	if epoch == 0 {
-		return role == schema.PeerWard, nil
+		return isWardRole(role), nil
 	}
 	l, ok, err := tx.LeaseAt(ward, epoch)
 	return ok && l.Active == origin, err
@@ -76,13 +76,22 @@ func (tx *Tx) WardHome(ward string) (string, error) {
 		if err := json.Unmarshal(v, &o); err != nil {
 			return false, err
 		}
-		if o.Role == schema.PeerWard && slices.Contains(o.Wards, ward) && (home == "" || o.Index >= at) {
+		if isWardRole(o.Role) && slices.Contains(o.Wards, ward) && (home == "" || o.Index >= at) {
 			home, at = string(k[len(prefixOriginKey):]), o.Index
 		}
 		return true, nil
 	})
 	return home, err
 }
+
+// isWardRole reports whether a registration or push came from a ward
+// office's node. An empty role is one recorded before roles were (only
+// ward offices pushed then).
+func isWardRole(r schema.PeerRole) bool { return r == schema.PeerWard || r == "" }
+
+// IsWardOffice reports whether the origin registered as a ward office's
+// node.
+func (o OriginInfo) IsWardOffice() bool { return isWardRole(o.Role) }
 
 // Node-side: the lease as last pulled.
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -210,7 +211,13 @@ func (f *fsm) applyCommand(tx *store.Tx, dossiers map[string]*dossierWork, held 
 			if !bytes.Equal(cur.Key, r.Key) {
 				return Result{Err: fmt.Sprintf("origin %s is registered with another key", r.Origin), Code: "forbidden"}, nil
 			}
-			return Result{}, nil
+			if slices.Equal(cur.Wards, r.Wards) && cur.Role == r.Role {
+				return Result{}, nil
+			}
+			// A reissued certificate (a backup office given another ward):
+			// lease decisions follow the certificate the node holds now.
+			cur.Wards, cur.Role = r.Wards, r.Role
+			return Result{}, tx.PutOriginKey(r.Origin, cur)
 		}
 		return Result{}, tx.PutOriginKey(r.Origin, store.OriginInfo{Key: r.Key, Wards: r.Wards, Role: r.Role, Index: index})
 	case KindOps:

@@ -61,8 +61,8 @@ type Client struct {
 type wardPull struct {
 	cursor    uint64
 	lease     schema.Lease
-	head      uint64 // the partition's head at the city, as last told
-	releasing bool   // a LeaseRelease is under way
+	head      uint64          // the partition's head at the city, as last told
+	releasing *transport.Conn // the session whose goroutine is releasing the ward, if any
 	// Catching up after the lease came here: where the cursor started
 	// and when, for the progress and ETA shown in status.
 	catchFrom uint64
@@ -435,56 +435,94 @@ func (c *Client) takeLease(ctx context.Context, conn *transport.Conn, ward strin
 		wp.catchFrom, wp.catchAt = wp.cursor, time.Now()
 	}
 	wp.lease, wp.head = l, max(wp.head, m.Head)
-	release := l.Epoch > 0 && l.Active == c.id.Node && l.HandbackTo != "" && !wp.releasing
+	release := l.Epoch > 0 && l.Active == c.id.Node && l.HandbackTo != "" && wp.releasing != conn
 	if release {
-		wp.releasing = true
+		wp.releasing = conn
 	}
 	c.mu.Unlock()
 	if changed {
 		c.log.Info("sync: ward lease", "ward", ward, "epoch", l.Epoch, "active", l.ActiveName(""), "handback_to", l.HandbackTo)
 	}
 	if release {
-		go c.release(ctx, conn, ward, l)
+		go c.release(ctx, conn, ward)
 	}
 	return nil
 }
 
-// release finishes a handback: the node is read-only for the ward now
-// (the pending handback says so), so once the city has acknowledged every
-// op it took, it tells the city it is done and the lease moves on.
-func (c *Client) release(ctx context.Context, conn *transport.Conn, ward string, l schema.Lease) {
+// release finishes a handback. The node stored the pending handback
+// before this runs, and from then on refuses writes for the ward, so
+// every op of the ward it will ever have has a seq at most its last seq
+// now. Once the city has acknowledged up to there, the node tells the
+// city it is done, and tries again (the city may refuse while a scan of
+// the ward is not uploaded yet, or be without a leader) for as long as the
+// lease still asks it to.
+func (c *Client) release(ctx context.Context, conn *transport.Conn, ward string) {
 	defer func() {
 		c.mu.Lock()
-		c.wards[ward].releasing = false
+		if wp := c.wards[ward]; wp.releasing == conn {
+			wp.releasing = nil
+		}
 		c.mu.Unlock()
 	}()
-	for c.Unacked() {
+	var last uint64
+	c.cfg.Node.Store().View(func(tx *store.Tx) error { last, _ = tx.LastSeq(); return nil })
+	backoff := c.cfg.MinBackoff
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		l, _, err := c.cfg.Node.Lease(ward)
+		if err != nil || l.Epoch == 0 || l.Active != c.id.Node || l.HandbackTo == "" {
+			return // released, or the handback was overtaken
+		}
+		c.mu.Lock()
+		acked := c.acked
+		c.mu.Unlock()
+		if acked < last {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		err = c.sendRelease(ctx, conn, l, last)
+		if err == nil {
+			return
+		}
+		if attempt%10 == 0 {
+			c.log.Warn("sync: the ward is not handed back yet; retrying", "ward", ward, "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(backoff):
 		}
+		backoff = min(backoff*2, 5*time.Second)
 	}
-	var last uint64
-	c.cfg.Node.Store().View(func(tx *store.Tx) error { last, _ = tx.LastSeq(); return nil })
-	sc, r, _, err := c.open(ctx, conn, &wire.Hello{Proto: wire.ProtoLease}, &wire.LeaseRelease{Ward: ward, Epoch: l.Epoch, LastSeq: last})
+}
+
+// sendRelease asks the city to complete the handback of l's ward.
+func (c *Client) sendRelease(ctx context.Context, conn *transport.Conn, l schema.Lease, last uint64) error {
+	sctx, cancel := context.WithTimeout(ctx, 40*time.Second)
+	defer cancel()
+	sc, r, _, err := c.open(sctx, conn, &wire.Hello{Proto: wire.ProtoLease}, &wire.LeaseRelease{Ward: l.Ward, Epoch: l.Epoch, LastSeq: last})
 	if err != nil {
-		c.log.Warn("sync: handing the ward back failed; will retry when the city asks again", "ward", ward, "err", err)
-		return
+		return err
 	}
 	defer sc.Close()
 	msg, err := r.Read()
 	if err != nil {
-		c.log.Warn("sync: handing the ward back failed", "ward", ward, "err", err)
-		return
+		return err
 	}
 	switch m := msg.(type) {
 	case *wire.LeaseInfo:
-		c.cfg.Node.SetLease(ctx, m.Lease)
-		c.log.Info("sync: ward handed back", "ward", ward, "epoch", m.Lease.Epoch, "active", m.Lease.Active)
+		if _, err := c.cfg.Node.SetLease(ctx, m.Lease); err != nil {
+			return err
+		}
+		c.log.Info("sync: ward handed back", "ward", l.Ward, "epoch", m.Lease.Epoch, "active", m.Lease.Active)
+		return nil
 	case *wire.Error:
-		c.log.Warn("sync: the city refused the handback release", "ward", ward, "code", m.Code, "reason", m.Message)
+		return m
 	}
+	return fmt.Errorf("lease: unexpected %T", msg)
 }
 
 // applyPage stores a page with its cursor. A page too big for one store

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	gosync "sync"
 	"time"
 
@@ -236,7 +237,10 @@ func (s *Server) register(ctx context.Context, peer schema.PeerIdentity, key []b
 		if !bytes.Equal(info.Key, key) {
 			return nil, fmt.Errorf("node %s is registered with another op-signing key", peer.Node)
 		}
-		return info.Key, nil
+		if slices.Equal(info.Wards, peer.Wards) && info.Role == peer.Role {
+			return info.Key, nil
+		}
+		// Same node, reissued certificate: record what it names now.
 	}
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -323,40 +327,45 @@ func (s *Server) pull(ctx context.Context, conn *transport.Conn, st io.ReadWrite
 	var sent *schema.Lease
 	for {
 		wake := s.c.WaitChanges(cur.Ward)
-		// The lease first, whenever it changed: the node must know who
-		// serves the ward before it sees the ops that came with the change.
-		lease, err := s.c.LocalLease(cur.Ward)
+		// Lease, head and changes from one read of the state: a page never
+		// carries ops committed after a lease change it has not announced,
+		// and a backup never gets a page its lease no longer allows.
+		var lease schema.Lease
+		var head uint64
+		var changes []store.Change
+		err := s.c.Store().View(func(tx *store.Tx) error {
+			var err error
+			if lease, err = tx.Lease(cur.Ward); err != nil {
+				return err
+			}
+			if head, err = tx.PartitionHead(cur.Ward); err != nil {
+				return err
+			}
+			// A ward office always pulls its own ward (it is the office's
+			// copy, read-only while a backup serves it). A backup reads a
+			// ward only while it holds its lease: otherwise the stream
+			// carries leases alone, until one names it.
+			if peer.Role != schema.PeerWard && !(lease.Epoch > 0 && lease.Active == peer.Node) {
+				return nil
+			}
+			if after == nil {
+				changes, err = tx.Changes(cur.Ward, since, pageOps+1)
+			} else {
+				changes, err = tx.ChangesAfter(cur.Ward, after, pageOps+1)
+			}
+			return err
+		})
 		if err != nil {
-			s.refuse(st, peer, wire.CodeInternal, "cannot read the lease")
+			s.refuse(st, peer, wire.CodeInternal, "cannot read the partition")
 			return
 		}
+		// The lease first, whenever it changed: the node must know who
+		// serves the ward before it sees the ops that came after.
 		if sent == nil || lease != *sent {
-			var head uint64
-			s.c.Store().View(func(tx *store.Tx) error { head, err = tx.PartitionHead(cur.Ward); return err })
 			if err := wire.WriteMsg(st, &wire.LeaseInfo{Lease: lease, Head: head}); err != nil {
 				return
 			}
 			sent = &lease
-		}
-		// A ward office always pulls its own ward (it is the office's copy,
-		// read-only while a backup serves it). A backup reads a ward only
-		// while it holds its lease: otherwise the stream carries leases
-		// alone, until one names it.
-		var changes []store.Change
-		if peer.Role == schema.PeerWard || (lease.Epoch > 0 && lease.Active == peer.Node) {
-			err = s.c.Store().View(func(tx *store.Tx) error {
-				var err error
-				if after == nil {
-					changes, err = tx.Changes(cur.Ward, since, pageOps+1)
-				} else {
-					changes, err = tx.ChangesAfter(cur.Ward, after, pageOps+1)
-				}
-				return err
-			})
-		}
-		if err != nil {
-			s.refuse(st, peer, wire.CodeInternal, "cannot read the partition")
-			return
 		}
 		if len(changes) > 0 {
 			page, n := &wire.ChangesPage{}, 0
