@@ -40,6 +40,9 @@ type Lease struct {
 	// it has pulled up to Ready, so it never works on a stale copy.
 	Index uint64 `json:"index"`
 	Ready uint64 `json:"ready_index"`
+	// Change is the ID of the request that made this epoch: the city
+	// answers that request again, retried after a leader change, as done.
+	Change string `json:"change_id,omitempty"`
 }
 
 // SinceTime is Since as a time.

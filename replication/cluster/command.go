@@ -106,6 +106,10 @@ type LeaseCmd struct {
 	// handback, the holder itself for release.
 	By string `json:"by"`
 	At int64  `json:"at"` // unix ms, fixed by the proposing member
+	// ID is unique to the request, fixed by the proposing member: the
+	// command proposed again (a retry across a leader change) carries the
+	// same ID, and is answered as done if it committed the first time.
+	ID string `json:"id,omitempty"`
 	// LastSeq (release): the holder's last op; the city must hold all of
 	// them before the lease moves on.
 	LastSeq uint64 `json:"last_seq,omitempty"`

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -30,8 +31,20 @@ func (f *fsm) applyLease(tx *store.Tx, index uint64, c *LeaseCmd) (Result, error
 		return Result{Err: msg, Code: code, Lease: &cur}, nil
 	}
 	// The same command proposed again (the proposer retried across a
-	// leader change after it had committed): answer it as done.
-	if cur.Epoch == c.Expect+1 && cur.Since == c.At && cur.By == c.By && c.Op != LeaseHandback {
+	// leader change after it had committed): answer it as done, with the
+	// epoch it made, even if the lease has moved on since. Its ID tells it
+	// from another request, even one by the same operator in the same
+	// millisecond, which must be refused if it read the same epoch.
+	if c.ID != "" {
+		done, ok, err := tx.LeaseAt(c.Ward, c.Expect+1)
+		if err != nil {
+			return Result{}, err
+		}
+		if ok && done.Change == c.ID {
+			return Result{Lease: &done}, nil
+		}
+	} else if cur.Epoch == c.Expect+1 && cur.Since == c.At && cur.By == c.By && c.Op != LeaseHandback {
+		// A command from before IDs: the rule it was applied with.
 		return Result{Lease: &cur}, nil
 	}
 	if c.Op == LeaseHandback && !c.Force && cur.Epoch == c.Expect && cur.HandbackTo != "" && cur.HandbackTo == orDefault(c.To, cur.Home) {
@@ -40,7 +53,7 @@ func (f *fsm) applyLease(tx *store.Tx, index uint64, c *LeaseCmd) (Result, error
 	if c.Expect != cur.Epoch {
 		return refuse("conflict", "the lease of ward %s is at epoch %d, not %d: it changed since you read it (read it again)", c.Ward, cur.Epoch, c.Expect)
 	}
-	next := schema.Lease{Ward: c.Ward, Epoch: cur.Epoch + 1, Since: c.At, Reason: c.Reason, By: c.By, Home: cur.Home, Index: index}
+	next := schema.Lease{Ward: c.Ward, Epoch: cur.Epoch + 1, Since: c.At, Reason: c.Reason, By: c.By, Home: cur.Home, Index: index, Change: c.ID}
 	if next.Home == "" {
 		if next.Home, err = tx.WardHome(c.Ward); err != nil {
 			return Result{}, err
@@ -187,14 +200,14 @@ func (c *Cluster) barrierRead(read func(tx *store.Tx) (any, error)) ([]byte, err
 
 // ChangeLease proposes a failover or handback on behalf of operator by.
 func (c *Cluster) ChangeLease(ctx context.Context, op, ward, by string, ch schema.LeaseChange) (schema.Lease, error) {
-	cmd := &LeaseCmd{Op: op, Ward: ward, To: ch.To, Reason: ch.Reason, Expect: ch.Expect, Force: ch.Force, By: by, At: c.cfg.Now().UnixMilli()}
+	cmd := &LeaseCmd{Op: op, Ward: ward, To: ch.To, Reason: ch.Reason, Expect: ch.Expect, Force: ch.Force, By: by, At: c.cfg.Now().UnixMilli(), ID: rand.Text()}
 	return c.proposeLease(ctx, cmd)
 }
 
 // ReleaseLease completes a handback for the holder node, once the city
 // holds its ops up to lastSeq.
 func (c *Cluster) ReleaseLease(ctx context.Context, ward, node string, epoch, lastSeq uint64) (schema.Lease, error) {
-	cmd := &LeaseCmd{Op: LeaseRelease, Ward: ward, By: node, Expect: epoch, LastSeq: lastSeq, At: c.cfg.Now().UnixMilli()}
+	cmd := &LeaseCmd{Op: LeaseRelease, Ward: ward, By: node, Expect: epoch, LastSeq: lastSeq, At: c.cfg.Now().UnixMilli(), ID: rand.Text()}
 	return c.proposeLease(ctx, cmd)
 }
 
