@@ -35,6 +35,8 @@ type Lease struct {
 	// pushing; the holder is read-only for the ward meanwhile.
 	HandbackTo     string `json:"handback_to,omitempty"`
 	HandbackReason string `json:"handback_reason,omitempty"`
+	HandbackBy     string `json:"handback_by,omitempty"` // the operator who asked for it
+	HandbackID     string `json:"handback_id,omitempty"` // the request that asked for it
 	// Index is the commit index of the change; Ready is the ward
 	// partition's head at that moment: the new holder serves clerks once
 	// it has pulled up to Ready, so it never works on a stale copy.

@@ -151,7 +151,8 @@ func leaseChange(c *cli.Context, op string) error {
 	}
 	deadline := time.Now().Add(timeout)
 	if l.HandbackTo != "" {
-		fmt.Fprintf(w, "Waiting for %s to push its last ops and release the ward...\n", l.Active)
+		fmt.Fprintf(w, "Waiting for %s to push its last ops and scans and release the ward...\n", l.Active)
+		target := l.HandbackTo
 		for l.HandbackTo != "" {
 			if time.Now().After(deadline) {
 				return cli.Exit(fmt.Sprintf("handback: %s has not released ward %s within %s; is it running and linked to the city? (`ops handback --force` moves the lease without it)", l.Active, ward, timeout), 1)
@@ -162,6 +163,9 @@ func leaseChange(c *cli.Context, op string) error {
 			}
 		}
 		printLease(w, l)
+		if l.Active != target {
+			return cli.Exit(fmt.Sprintf("handback: the lease of ward %s went to %s, not %s: someone else changed it (see `ops lease --ward %s`)", ward, l.Active, target, ward), 1)
+		}
 	}
 	return waitServing(c, l, deadline)
 }

@@ -264,3 +264,27 @@ func (tx *Tx) anyUnder(prefix []byte) (bool, error) {
 	})
 	return found, err
 }
+
+// HoldsFor reports whether an attach op of origin for a dossier of ward
+// is still held for its blob. It scans every held op: there are few, and
+// only a handback asks.
+func (tx *Tx) HoldsFor(origin, ward string) (bool, error) {
+	found := false
+	err := tx.scan(prefixHeld, nil, false, true, func(k, v []byte) (bool, error) {
+		rest := k[len(prefixHeld)+32:]
+		if len(rest) <= len(origin) || string(rest[:len(origin)]) != origin || rest[len(origin)] != sep {
+			return true, nil
+		}
+		b, ok, err := tx.get(v)
+		if err != nil || !ok {
+			return err == nil, err
+		}
+		op, err := schema.DecodeOp(b)
+		if err != nil {
+			return false, err
+		}
+		found = op.Ward == ward
+		return !found, nil
+	})
+	return found, err
+}

@@ -4,9 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/wardsync/wardsync/node/store"
 	"github.com/wardsync/wardsync/schema"
@@ -47,11 +50,28 @@ func (f *fsm) applyLease(tx *store.Tx, index uint64, c *LeaseCmd) (Result, error
 		// A command from before IDs: the rule it was applied with.
 		return Result{Lease: &cur}, nil
 	}
-	if c.Op == LeaseHandback && !c.Force && cur.Epoch == c.Expect && cur.HandbackTo != "" && cur.HandbackTo == orDefault(c.To, cur.Home) {
-		return Result{Lease: &cur}, nil // already asked
+	if c.Op == LeaseHandback && !c.Force && c.ID != "" {
+		// A handback that only marked the lease pending is in the history
+		// of the epoch it read, whatever happened since.
+		asked, ok, err := tx.LeaseAt(c.Ward, c.Expect)
+		if err != nil {
+			return Result{}, err
+		}
+		if ok && asked.HandbackID == c.ID {
+			return Result{Lease: &cur}, nil
+		}
 	}
 	if c.Expect != cur.Epoch {
 		return refuse("conflict", "the lease of ward %s is at epoch %d, not %d: it changed since you read it (read it again)", c.Ward, cur.Epoch, c.Expect)
+	}
+	// A pending handback keeps the epoch, so the epoch alone does not
+	// protect it: only the holder's release, or a forced handback, may
+	// change the lease meanwhile.
+	if cur.HandbackTo != "" && c.Op != LeaseRelease && !(c.Op == LeaseHandback && c.Force) {
+		if c.Op == LeaseHandback && orDefault(c.To, cur.HandbackTo) == cur.HandbackTo {
+			return Result{Lease: &cur}, nil // the same handback, asked again
+		}
+		return refuse("conflict", "a handback of ward %s to %s is in progress (asked by %s); wait for %s to release it, or force it with `ops handback --force`", c.Ward, cur.HandbackTo, orDefault(cur.HandbackBy, "an operator"), cur.Active)
 	}
 	next := schema.Lease{Ward: c.Ward, Epoch: cur.Epoch + 1, Since: c.At, Reason: c.Reason, By: c.By, Home: cur.Home, Index: index, Change: c.ID}
 	if next.Home == "" {
@@ -72,7 +92,7 @@ func (f *fsm) applyLease(tx *store.Tx, index uint64, c *LeaseCmd) (Result, error
 		case !ok:
 			return refuse("not_found", "node %s has never connected to the city: start the backup office's node first, so the city knows its certificate", c.To)
 		case info.Role != schema.PeerBackup:
-			return refuse("forbidden", "node %s has a %s certificate; only a backup office's node may take a ward's lease", c.To, orDefault(string(info.Role), "ward"))
+			return refuse("forbidden", "node %s has a %s certificate; only a backup office's node may take a ward's lease (fail over to a backup office, hand back with `ops handback`)", c.To, orDefault(string(info.Role), "ward"))
 		case !slices.Contains(info.Wards, c.Ward):
 			return refuse("forbidden", "the backup certificate of %s does not name ward %s (it names %v)", c.To, c.Ward, info.Wards)
 		case cur.Epoch > 0 && cur.Active == c.To:
@@ -83,15 +103,23 @@ func (f *fsm) applyLease(tx *store.Tx, index uint64, c *LeaseCmd) (Result, error
 		if cur.Epoch == 0 || cur.Active == cur.Home && cur.Home != "" {
 			return refuse("conflict", "ward %s is served by its own office already", c.Ward)
 		}
-		to := orDefault(c.To, next.Home)
+		// By default the ward goes to its office's latest node: an office
+		// that lost its disk comes back as a new node ID.
+		to := c.To
 		if to == "" {
-			return refuse("not_found", "ward %s's own office never connected to the city; name its node with --to", c.Ward)
+			if to, err = tx.WardHome(c.Ward); err != nil {
+				return Result{}, err
+			}
+			to = orDefault(to, next.Home)
+		}
+		if to == "" {
+			return refuse("not_found", "no node of ward %s's own office has connected to the city yet: start it (it syncs while read-only), then hand back", c.Ward)
 		}
 		info, ok, err := tx.OriginKey(to)
 		if err != nil {
 			return Result{}, err
 		}
-		if !ok || info.Role != schema.PeerWard || !slices.Contains(info.Wards, c.Ward) {
+		if !ok || !info.IsWardOffice() || !slices.Contains(info.Wards, c.Ward) {
 			return refuse("forbidden", "%s is not a ward office node of %s known to the city; a handback returns the ward to its own office", to, c.Ward)
 		}
 		if cur.Active == to {
@@ -103,6 +131,7 @@ func (f *fsm) applyLease(tx *store.Tx, index uint64, c *LeaseCmd) (Result, error
 			// Index moves with every change, so nodes (which keep the
 			// newest lease they see) take this one over the last.
 			cur.HandbackTo, cur.HandbackReason, cur.Index = to, orDefault(c.Reason, "handback"), index
+			cur.HandbackBy, cur.HandbackID = c.By, c.ID
 			if err := tx.PutLease(&cur); err != nil {
 				return Result{}, err
 			}
@@ -125,9 +154,17 @@ func (f *fsm) applyLease(tx *store.Tx, index uint64, c *LeaseCmd) (Result, error
 		if hw < c.LastSeq {
 			return refuse("conflict", "the city holds %s's ops up to %d of %d: push the rest first", c.By, hw, c.LastSeq)
 		}
+		// An attach op waiting for its scan is pushed but not yet applied:
+		// if the backup office went away after the handback, the scan and
+		// the op would be lost with it.
+		if waiting, err := tx.HoldsFor(c.By, c.Ward); err != nil {
+			return Result{}, err
+		} else if waiting {
+			return refuse("conflict", "scans of ward %s that %s attached are not uploaded yet: its attachments must reach the city first", c.Ward, c.By)
+		}
 		next.Active, next.Home = cur.HandbackTo, cur.HandbackTo
 		next.Reason = orDefault(cur.HandbackReason, "handback")
-		next.By = cur.By // the operator who asked for the handback
+		next.By = orDefault(cur.HandbackBy, cur.By) // the operator who asked for the handback
 	default:
 		return Result{Err: fmt.Sprintf("unknown lease operation %q", c.Op), Code: "invalid"}, nil
 	}
@@ -167,23 +204,13 @@ func (c *Cluster) LeaseHistory(ctx context.Context, ward string) ([]schema.Lease
 	return h, json.Unmarshal(out, &h)
 }
 
-// LocalLease reads the lease from this member's state, without a round
-// to the leader: what sync sessions send down (a node takes any newer
-// lease it sees and never goes back to an older one).
-func (c *Cluster) LocalLease(ward string) (schema.Lease, error) {
-	var l schema.Lease
-	err := c.st.View(func(tx *store.Tx) error {
-		var err error
-		l, err = tx.Lease(ward)
-		return err
-	})
-	return l, err
-}
-
 // barrierRead runs read on the leader once everything committed before
 // it is applied.
 func (c *Cluster) barrierRead(read func(tx *store.Tx) (any, error)) ([]byte, error) {
 	if err := c.raft.Barrier(10 * time.Second).Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return nil, fmt.Errorf("%w: %v", ErrNotLeader, err) // onLeader asks the new leader
+		}
 		return nil, err
 	}
 	var v any

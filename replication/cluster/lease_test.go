@@ -227,3 +227,90 @@ func FuzzLeaseChangeBody(f *testing.F) {
 		}
 	})
 }
+
+// attach makes the origin's next op: an attach of m to dossier d.
+func (o *origin) attach(ward, d string, epoch uint64, m *schema.Manifest) schema.Op {
+	o.seq++
+	op := schema.Op{ID: schema.OpID{Origin: o.name, Seq: o.seq}, Ward: ward, Dossier: d, HLC: schema.NewHLC(1_790_000_000_000+int64(o.seq), 0),
+		Actor: schema.Actor{ID: "hoa", Role: schema.RoleClerk}, Kind: schema.KindAttach, Epoch: epoch, Prev: o.prev,
+		Body: schema.MarshalBody(schema.NewAttachBody("scan.pdf", m))}
+	op.Sign(o.key)
+	o.prev = op.Hash()
+	return op
+}
+
+// TestFSMLeaseReviewCases: the cases a review found. Retried and
+// same-millisecond requests are told apart by ID; a pending handback is
+// protected although it keeps the epoch; a release waits for the
+// holder's scans; a handback goes to the office's latest node.
+func TestFSMLeaseReviewCases(t *testing.T) {
+	wa := newOrigin("wa", schema.PeerWard, "HCM001")
+	bk1 := newOrigin("bk1", schema.PeerBackup, "HCM001")
+	bk2 := newOrigin("bk2", schema.PeerBackup, "HCM001")
+	f := newTestFSM(t)
+	index := uint64(0)
+	apply := func(cmds ...Command) []Result {
+		t.Helper()
+		index++
+		return f.ApplyBatch([]*raft.Log{entry(t, index, cmds...)})[0].(*entryResult).Results
+	}
+	want := func(step string, r Result, code string) {
+		t.Helper()
+		if r.Code != code {
+			t.Fatalf("%s: code %q (%s), want %q", step, r.Code, r.Err, code)
+		}
+	}
+	withID := func(c Command, id string) Command { c.Lease.ID = id; return c }
+	apply(wa.register(), bk1.register(), bk2.register())
+
+	// Same operator, same millisecond, same epoch read: one wins.
+	a, b := withID(lease(LeaseFailover, "HCM001", "bk1", 0), "req-a"), withID(lease(LeaseFailover, "HCM001", "bk2", 0), "req-b")
+	rs := apply(a, b)
+	want("first", rs[0], "")
+	want("second, same millisecond", rs[1], "conflict")
+	// A pending handback: a failover that read the same epoch, or a
+	// handback elsewhere, is refused; the same handback again is done.
+	hb := withID(lease(LeaseHandback, "HCM001", "", 1), "req-hb")
+	want("handback", apply(hb)[0], "")
+	want("failover over a pending handback", apply(withID(lease(LeaseFailover, "HCM001", "bk2", 1), "req-c"))[0], "conflict")
+	want("the handback retried", apply(hb)[0], "")
+	// A new node of the office registers (its disk was lost): a forced
+	// handback with no target goes to it.
+	wa2 := newOrigin("wa2", schema.PeerWard, "HCM001")
+	apply(wa2.register())
+	force := withID(lease(LeaseHandback, "HCM001", "", 1), "req-force")
+	force.Lease.Force = true
+	r := apply(force)[0]
+	want("forced handback", r, "")
+	if r.Lease.Active != "wa2" || r.Lease.Epoch != 2 {
+		t.Fatalf("forced handback went to %+v, want wa2 at epoch 2", r.Lease)
+	}
+	// The first failover retried after all this: done, with its epoch.
+	r = apply(a)[0]
+	want("failover retried after the lease moved on", r, "")
+	if r.Lease.Epoch != 1 || r.Lease.Active != "bk1" {
+		t.Fatalf("retried failover answered %+v", r.Lease)
+	}
+	want("forced handback retried", apply(force)[0], "")
+
+	// A release waits for the holder's scans.
+	want("failover to bk2", apply(withID(lease(LeaseFailover, "HCM001", "bk2", 2), "req-d"))[0], "")
+	d := "01M845RJX5TY05VRQ5B5H4C001"
+	m := testManifest()
+	want("bk2 creates and attaches", apply(bk2.push(bk2.op("HCM001", d, 3), bk2.attach("HCM001", d, 3, &m)))[0], "")
+	want("handback", apply(withID(lease(LeaseHandback, "HCM001", "", 3), "req-e"))[0], "")
+	release := Command{Kind: KindLease, Lease: &LeaseCmd{Op: LeaseRelease, Ward: "HCM001", By: "bk2", Expect: 3, LastSeq: bk2.seq, At: 1, ID: "req-rel"}}
+	r = apply(release)[0]
+	want("release with a scan not uploaded", r, "conflict")
+	if !strings.Contains(r.Err, "not uploaded") {
+		t.Fatalf("release refusal: %s", r.Err)
+	}
+	want("bk2 uploads the scan", apply(Command{Kind: KindBlob, Blob: NewBlobCmd(&m, "bk2")})[0], "")
+	release.Lease.ID = "req-rel2"
+	r = apply(release)[0]
+	want("release", r, "")
+	if r.Lease.Active != "wa2" || r.Lease.By != "admin" {
+		t.Fatalf("after release: %+v", r.Lease)
+	}
+	want("release retried", apply(release)[0], "")
+}
