@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -207,7 +208,22 @@ type leaseView struct {
 // leaseViews are the leases of the wards this node serves, for /healthz.
 func (n *Node) leaseViews() ([]leaseView, error) {
 	out := []leaseView{}
-	for _, ward := range n.ServedWards() {
+	wards := n.ServedWards()
+	if n.IsBackup() {
+		// A backup also shows the wards it knows of but does not hold (a
+		// ward handed back: mode not_held, and who serves it now).
+		var known []schema.Lease
+		err := n.store.View(func(tx *store.Tx) error { var err error; known, err = tx.KnownLeases(); return err })
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range known {
+			if !slices.Contains(wards, l.Ward) {
+				wards = append(wards, l.Ward)
+			}
+		}
+	}
+	for _, ward := range wards {
 		mode, l, err := n.Mode(ward)
 		if err != nil {
 			return nil, err

@@ -243,8 +243,11 @@ func (n *Node) SetLease(ctx context.Context, l schema.Lease) (changed bool, err 
 	if err != nil || !changed {
 		return false, err
 	}
-	n.log.Info("ward lease changed", "ward", l.Ward, "epoch", l.Epoch, "active", l.Active,
-		"handback_to", l.HandbackTo, "mode", mode)
+	log := n.log
+	if l.Ward != n.id.Ward {
+		log = log.With("ward", l.Ward) // a ward node's logger names its own ward already
+	}
+	log.Info("ward lease changed", "epoch", l.Epoch, "active", l.Active, "handback_to", l.HandbackTo, "mode", mode)
 	n.leases.notify()
 	return true, nil
 }

@@ -54,8 +54,13 @@ type dossier struct {
 		Official string `json:"official"`
 		Conflict bool   `json:"conflict"`
 	} `json:"history"`
-	Conflicts   []json.RawMessage `json:"conflicts"`
-	Attachments []attachment      `json:"attachments"`
+	Conflicts []struct {
+		Op     string                `json:"op"`
+		To     string                `json:"to"`
+		Actor  struct{ Name string } `json:"actor"`
+		Reason string                `json:"reason"`
+	} `json:"conflicts"`
+	Attachments []attachment `json:"attachments"`
 }
 
 // attachment mirrors the API's attachment JSON.
@@ -114,6 +119,7 @@ func dossierCommand() *cli.Command {
 					str("assignee", "only dossiers assigned to this official `ID`", "", ""),
 					str("ward", "ward `CODE` (default: the node's)", "", ""),
 					boolean("overdue", "only open dossiers past their due date", ""),
+					boolean("conflict", "only dossiers with an open conflict to resolve (after two offices decided differently)", ""),
 					integer("limit", "page size (1-500)", "", 50),
 					str("cursor", "continue from a previous page's next cursor", "", "")),
 				Action: dossierList,
@@ -141,6 +147,21 @@ func dossierCommand() *cli.Command {
 					}
 					return dossierCall(c, "POST", "/v1/dossiers/"+url.PathEscape(id)+"/transitions",
 						map[string]string{"to": c.String("to"), "note": c.String("note")})
+				},
+			}),
+			withConfig(&cli.Command{
+				Name: "resolve", Usage: "settle a conflict on a dossier (head or admin): the status it ends in", ArgsUsage: "ID",
+				Flags: clientFlags(
+					reqStr("conflict", "the conflicting op, `ORIGIN/SEQ`, as `dossier show` lists it", ""),
+					reqStr("to", "the `STATUS` the dossier ends in", ""),
+					str("note", "why, for the history", "", "")),
+				Action: func(c *cli.Context) error {
+					id, err := oneArg(c, "ID")
+					if err != nil {
+						return err
+					}
+					return dossierCall(c, "POST", "/v1/dossiers/"+url.PathEscape(id)+"/resolve",
+						map[string]string{"conflict": c.String("conflict"), "to": c.String("to"), "note": c.String("note")})
 				},
 			}),
 			withConfig(&cli.Command{
@@ -230,7 +251,9 @@ func printDossier(w io.Writer, d *dossier) {
 		d.ID, d.ReceiptNo, d.Ward, d.Procedure, d.Status, d.Applicant.Name, d.Applicant.IDNumber,
 		d.ReceivedAt, d.DueAt, map[bool]string{true: "  OVERDUE", false: ""}[d.Overdue], assignee)
 	if len(d.Conflicts) > 0 {
-		fmt.Fprintf(tw, "Conflicts\t%d (resolve them in the web UI or API)\n", len(d.Conflicts))
+		for _, c := range d.Conflicts {
+			fmt.Fprintf(tw, "Conflict\t%s: to %s by %s — %s (settle it: dossier resolve --conflict %s --to STATUS %s)\n", c.Op, orDash(c.To), c.Actor.Name, c.Reason, c.Op, d.ID)
+		}
 	}
 	tw.Flush()
 	if len(d.History) == 0 {
@@ -274,6 +297,9 @@ func dossierList(c *cli.Context) error {
 	if c.Bool("overdue") {
 		q.Set("overdue", "true")
 	}
+	if c.Bool("conflict") {
+		q.Set("conflict", "true")
+	}
 	q.Set("limit", strconv.Itoa(c.Int("limit")))
 	var raw json.RawMessage
 	if err := cl.do("GET", "/v1/dossiers", q, nil, &raw); err != nil {
@@ -282,6 +308,7 @@ func dossierList(c *cli.Context) error {
 	if c.Bool("json") {
 		return printJSON(c.App.Writer, raw)
 	}
+	leaseBanner(c, cl)
 	var page struct {
 		Items      []dossier `json:"items"`
 		NextCursor *string   `json:"next_cursor"`
@@ -529,4 +556,30 @@ func dossierDownload(c *cli.Context) error {
 	}
 	fmt.Fprintf(c.App.Writer, "Downloaded %s: %d bytes, SHA-256 %s verified\n", out, n, hash)
 	return nil
+}
+
+// leaseBanner tells the clerk, above a listing, when this office does not
+// serve a ward it shows: after a failover its own office is read-only
+// until handback, and a backup may be catching up or handing back.
+func leaseBanner(c *cli.Context, cl *client) {
+	var h struct {
+		Leases []struct {
+			Ward       string `json:"ward"`
+			Mode       string `json:"mode"`
+			ActiveNode string `json:"active_node"`
+		} `json:"leases"`
+	}
+	if cl.do("GET", "/healthz", nil, nil, &h) != nil {
+		return
+	}
+	for _, l := range h.Leases {
+		switch l.Mode {
+		case "read_only":
+			fmt.Fprintf(c.App.ErrWriter, "READ-ONLY: ward %s is served by %s now; this office cannot change its dossiers until handback.\n", l.Ward, l.ActiveNode)
+		case "handing_back":
+			fmt.Fprintf(c.App.ErrWriter, "READ-ONLY: ward %s is being handed back; this office finishes sending its work.\n", l.Ward)
+		case "catching_up":
+			fmt.Fprintf(c.App.ErrWriter, "NOT YET: this office is still receiving ward %s's dossiers (see /v1/sync/status); it serves the ward once they are in.\n", l.Ward)
+		}
+	}
 }

@@ -318,10 +318,37 @@ func TestSplitBrainNothingLost(t *testing.T) {
 	if code != 200 || len(cityList.Items) != contradicted {
 		t.Fatalf("city lists %d conflicted dossiers (HTTP %d)", len(cityList.Items), code)
 	}
-	// A head official at the backup resolves each one.
-	for _, c := range list.Items {
+	// The clerk's CLI: a banner at the read-only office, the conflicts
+	// listed at the backup, each with the command that settles it.
+	cliAt := func(w *wardNode, args ...string) (string, string) {
+		// Flags go before the ID: urfave/cli stops at the first argument.
+		full := append([]string{args[0], args[1], "--node", w.api.base, "--token", w.token}, args[2:]...)
+		cmd := exec.Command(wardsyncBin(t), full...)
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("wardsync %v: %v\n%s", args, err, stderr.String())
+		}
+		return stdout.String(), stderr.String()
+	}
+	if _, banner := cliAt(wa, "dossier", "list"); !strings.Contains(banner, "READ-ONLY: ward "+ward+" is served by bk1") {
+		t.Fatalf("no read-only banner at the old office: %q", banner)
+	}
+	if out, _ := cliAt(bk, "dossier", "list", "--conflict"); strings.Count(out, "\n") != contradicted+1 {
+		t.Fatalf("dossier list --conflict:\n%s", out)
+	}
+	if out, _ := cliAt(bk, "dossier", "show", list.Items[0].ID); !strings.Contains(out, "dossier resolve --conflict "+list.Items[0].Conflicts[0].Op+" --to STATUS "+list.Items[0].ID) {
+		t.Fatalf("dossier show does not say how to settle the conflict:\n%s", out)
+	}
+	// A head official at the backup resolves each one (the first with the
+	// CLI).
+	for i, c := range list.Items {
 		if len(c.Conflicts) != 1 {
 			t.Fatalf("dossier %s has conflicts %+v", c.ID, c.Conflicts)
+		}
+		if i == 0 {
+			cliAt(bk, "dossier", "resolve", "--conflict", c.Conflicts[0].Op, "--to", "approved", "--note", "đã đối chiếu hồ sơ gốc", c.ID)
+			continue
 		}
 		bk.must(t, "POST", "/v1/dossiers/"+c.ID+"/resolve", map[string]string{"conflict": c.Conflicts[0].Op, "to": "approved", "note": "đã đối chiếu hồ sơ gốc"}, 200)
 	}

@@ -145,6 +145,9 @@ func leaseChange(c *cli.Context, op string) error {
 		return printJSON(c.App.Writer, raw)
 	}
 	w := c.App.Writer
+	if c.Bool("json") {
+		w = io.Discard // only the final lease, as JSON, once it serves
+	}
 	printLease(w, l)
 	if !c.Bool("wait") {
 		return nil
@@ -167,14 +170,23 @@ func leaseChange(c *cli.Context, op string) error {
 			return cli.Exit(fmt.Sprintf("handback: the lease of ward %s went to %s, not %s: someone else changed it (see `ops lease --ward %s`)", ward, l.Active, target, ward), 1)
 		}
 	}
-	return waitServing(c, l, deadline)
+	if err := waitServing(c, w, l, deadline); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		l, err := readLease(c, ward)
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(c.App.Writer).Encode(l)
+	}
+	return nil
 }
 
 // waitServing shows the new holder catching up on the ward (its pull
 // cursor against the lease's ready index, as the city sees it) until it
 // serves.
-func waitServing(c *cli.Context, l schema.Lease, deadline time.Time) error {
-	w := c.App.Writer
+func waitServing(c *cli.Context, w io.Writer, l schema.Lease, deadline time.Time) error {
 	start, last := time.Now(), ""
 	var from uint64
 	first := true
