@@ -288,28 +288,40 @@ func verifyBatch(ops []schema.Op, origin string, key ed25519.PublicKey) error {
 	return nil
 }
 
-// pull streams a ward's partition, then stays open with live changes.
-func (s *Server) pull(ctx context.Context, conn *transport.Conn, st io.ReadWriteCloser, r *wire.Reader, h *wire.Hello) {
+// request checks a stream's hello, reads the one request it must start
+// with (a T, for a ward the peer's certificate names) and welcomes it.
+func request[T wire.Msg](s *Server, st io.ReadWriteCloser, conn *transport.Conn, r *wire.Reader, h *wire.Hello, ward func(T) string) (T, bool) {
+	var none T
 	peer := conn.Peer
 	v, ok := s.hello(st, conn, h)
 	if !ok {
-		return
+		return none, false
 	}
 	msg, err := r.Read()
 	if err != nil {
 		s.refuse(st, peer, wire.CodeFor(err), err.Error())
-		return
+		return none, false
 	}
-	cur, ok := msg.(*wire.Cursor)
+	m, ok := msg.(T)
 	if !ok {
-		s.refuse(st, peer, wire.CodeBadFrame, fmt.Sprintf("expected Cursor, got %T", msg))
-		return
+		s.refuse(st, peer, wire.CodeBadFrame, fmt.Sprintf("expected %T, got %T", none, msg))
+		return none, false
 	}
-	if !peer.MayServe(cur.Ward) {
-		s.refuse(st, peer, wire.CodeForbidden, fmt.Sprintf("%s may not pull ward %s", peer.Node, cur.Ward))
-		return
+	if w := ward(m); !peer.MayServe(w) {
+		s.refuse(st, peer, wire.CodeForbidden, fmt.Sprintf("the certificate of %s does not name ward %s", peer.Node, w))
+		return none, false
 	}
 	if s.welcome(st, v) != nil {
+		return none, false
+	}
+	return m, true
+}
+
+// pull streams a ward's partition, then stays open with live changes.
+func (s *Server) pull(ctx context.Context, conn *transport.Conn, st io.ReadWriteCloser, r *wire.Reader, h *wire.Hello) {
+	peer := conn.Peer
+	cur, ok := request(s, st, conn, r, h, func(c *wire.Cursor) string { return c.Ward })
+	if !ok {
 		return
 	}
 	s.touch(cur.Ward, peer.Node, func(ws *WardSession) { ws.Pulling++; ws.PullCursor = max(ws.PullCursor, cur.Since) })
@@ -407,25 +419,8 @@ func (s *Server) pull(ctx context.Context, conn *transport.Conn, st io.ReadWrite
 // completes once the city holds every op it names.
 func (s *Server) lease(ctx context.Context, conn *transport.Conn, st io.ReadWriteCloser, r *wire.Reader, h *wire.Hello) {
 	peer := conn.Peer
-	v, ok := s.hello(st, conn, h)
+	rel, ok := request(s, st, conn, r, h, func(m *wire.LeaseRelease) string { return m.Ward })
 	if !ok {
-		return
-	}
-	msg, err := r.Read()
-	if err != nil {
-		s.refuse(st, peer, wire.CodeFor(err), err.Error())
-		return
-	}
-	rel, ok := msg.(*wire.LeaseRelease)
-	if !ok {
-		s.refuse(st, peer, wire.CodeBadFrame, fmt.Sprintf("expected LeaseRelease, got %T", msg))
-		return
-	}
-	if !peer.MayServe(rel.Ward) {
-		s.refuse(st, peer, wire.CodeForbidden, fmt.Sprintf("the certificate of %s does not name ward %s", peer.Node, rel.Ward))
-		return
-	}
-	if s.welcome(st, v) != nil {
 		return
 	}
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
