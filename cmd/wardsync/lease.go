@@ -196,6 +196,7 @@ func waitServing(c *cli.Context, w io.Writer, l schema.Lease, deadline time.Time
 				Ward    string            `json:"ward"`
 				Pullers map[string]uint64 `json:"pullers"`
 			} `json:"items"`
+			Unreachable []string `json:"unreachable_members"`
 		}
 		cursor := uint64(0)
 		if raw, err := cityRequest(c, "GET", "/v1/wards", nil); err == nil && json.Unmarshal(raw, &views) == nil {
@@ -213,6 +214,9 @@ func waitServing(c *cli.Context, w io.Writer, l schema.Lease, deadline time.Time
 			return nil
 		}
 		line := fmt.Sprintf("%s catching up on ward %s: %s", l.Active, l.Ward, progressText(from, cursor, l.Ready, time.Since(start)))
+		if len(views.Unreachable) > 0 {
+			line += fmt.Sprintf(" (no answer from %v: links held there are not counted)", views.Unreachable)
+		}
 		if line != last {
 			fmt.Fprintln(w, line)
 			last = line

@@ -434,6 +434,17 @@ func (f *forwarder) conn(ctx context.Context, addr string) (*transport.Conn, err
 	return c, nil
 }
 
+// drop closes and forgets whatever connection to addr is cached.
+func (f *forwarder) drop(addr string) {
+	f.mu.Lock()
+	c := f.conns[addr]
+	delete(f.conns, addr)
+	f.mu.Unlock()
+	if c != nil {
+		c.CloseWithError(0, "reset")
+	}
+}
+
 func (f *forwarder) forget(addr string, c *transport.Conn) {
 	f.mu.Lock()
 	if f.conns[addr] == c {
@@ -448,8 +459,24 @@ func (f *forwarder) forget(addr string, c *transport.Conn) {
 func (c *Cluster) RegisterInfo(name string, f func() ([]byte, error)) { c.infos[name] = f }
 
 // InfoFrom asks a member for a named piece of its local state.
+//
+// Each try is bounded (3 s): a connection that went bad while the cluster
+// was busy (elections under load) must not hide a member's state for as
+// long as the caller waits. A failed try drops the cached connection, and
+// the second dials afresh.
 func (c *Cluster) InfoFrom(ctx context.Context, addr, name string) ([]byte, error) {
-	return c.fwd.callAt(ctx, addr, rpc{Op: "info", ID: name})
+	var out []byte
+	var err error
+	for try := 0; try < 2 && ctx.Err() == nil; try++ {
+		tctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		out, err = c.fwd.callAt(tctx, addr, rpc{Op: "info", ID: name})
+		cancel()
+		if err == nil {
+			return out, nil
+		}
+		c.fwd.drop(addr)
+	}
+	return out, err
 }
 
 // Members lists the current configuration's IDs and addresses.

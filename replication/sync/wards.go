@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"sort"
+	gosync "sync"
 	"time"
 
 	"github.com/wardsync/wardsync/node/store"
@@ -36,21 +37,35 @@ const infoSessions = "sync_sessions"
 // cluster protocol; an unreachable member only means fewer sessions).
 func (s *Server) Wards(ctx context.Context) (any, error) {
 	sessions := s.Sessions()
+	var unreachable []string
 	if members, err := s.c.Members(); err == nil {
+		// Ask the others at once: one slow member must not delay the rest.
+		var mu gosync.Mutex
+		var wg gosync.WaitGroup
 		for id, addr := range members {
 			if id == s.c.NodeID() {
 				continue
 			}
-			b, err := s.c.InfoFrom(ctx, addr, infoSessions)
-			if err != nil {
-				continue
-			}
-			var theirs []WardSession
-			if json.Unmarshal(b, &theirs) == nil {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var theirs []WardSession
+				b, err := s.c.InfoFrom(ctx, addr, infoSessions)
+				if err == nil {
+					err = json.Unmarshal(b, &theirs)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					unreachable = append(unreachable, id)
+					return
+				}
 				sessions = append(sessions, theirs...)
-			}
+			}()
 		}
+		wg.Wait()
 	}
+	sort.Strings(unreachable)
 	views := map[string]*WardView{}
 	view := func(ward string) *WardView {
 		v, ok := views[ward]
@@ -105,7 +120,8 @@ func (s *Server) Wards(ctx context.Context) (any, error) {
 		out = append(out, *v)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Ward < out[j].Ward })
-	return map[string]any{"items": out, "answered_by": s.c.NodeID()}, err
+	// Sessions held by an unreachable member are missing from the view.
+	return map[string]any{"items": out, "answered_by": s.c.NodeID(), "unreachable_members": nonNil(unreachable)}, err
 }
 
 // WardsHandler returns the function the city API's GET /v1/wards calls,
@@ -113,4 +129,11 @@ func (s *Server) Wards(ctx context.Context) (any, error) {
 func (s *Server) WardsHandler() func(context.Context) (any, error) {
 	s.c.RegisterInfo(infoSessions, func() ([]byte, error) { return json.Marshal(s.Sessions()) })
 	return s.Wards
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
