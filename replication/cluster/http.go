@@ -219,6 +219,13 @@ func (c *Cluster) handleTransfer(w http.ResponseWriter, r *http.Request, who sch
 	if in.To != "" && !c.isMember(in.To) {
 		return &schema.FieldError{Field: "to", Reason: fmt.Sprintf("no member %q", in.To)}
 	}
+	if in.To == "" {
+		// Raft would refuse ("cannot find peer"), and a 503 would tell the
+		// caller to retry what can never work.
+		if n, err := c.Voters(); err == nil && n < 2 {
+			return fmt.Errorf("%w: the cluster has no other voting member to hand the leadership to", schema.ErrConflict)
+		}
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	if err := c.TransferLeadership(ctx, in.To); err != nil {

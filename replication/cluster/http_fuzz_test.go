@@ -350,8 +350,8 @@ func FuzzJoinBody(f *testing.F) {
 func FuzzLeadershipBody(f *testing.F) {
 	fc := startFuzzCity(f, true)
 	for i, b := range []string{
-		`{"to":"c1"}`, `{"to":"c2"}`, `{"to":"C1"}`, `{"to":" c1"}`, `{"to":"c1","force":true}`,
-		`{"to":1}`, `{"To":"c1"}`, `{"to":"c1"}{}`, `{`, ``, `[]`, `"c1"`,
+		`{"to":"c1"}`, `{"to":"c2"}`, `{"to":""}`, `{}`, `{"to":"C1"}`, `{"to":" c1"}`, `{"to":"c1","force":true}`,
+		`{"to":1}`, `{"to":null}`, `{"To":"c1"}`, `{"to":"c1"}{}`, `null`, `{`, ``, `[]`, `"c1"`,
 	} {
 		f.Add([]byte(b), i%5 == 4)
 	}

@@ -384,7 +384,7 @@ func (c *Client) pull(ctx context.Context, conn *transport.Conn, ward string) er
 	wp := c.wards[ward]
 	since := wp.cursor
 	c.mu.Unlock()
-	_, r, _, err := c.open(ctx, conn, &wire.Hello{Proto: wire.ProtoPull}, &wire.Cursor{Ward: ward, Since: since})
+	sc, r, _, err := c.open(ctx, conn, &wire.Hello{Proto: wire.ProtoPull}, &wire.Cursor{Ward: ward, Since: since})
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ward, err)
 	}
@@ -400,6 +400,11 @@ func (c *Client) pull(ctx context.Context, conn *transport.Conn, ward string) er
 				return err
 			}
 			since = max(since, m.Index)
+			// Tell the city how far this node has applied: what `ops
+			// failover --wait` shows as the new holder's catch-up.
+			if err := wire.WriteMsg(sc, &wire.Cursor{Ward: ward, Since: since}); err != nil {
+				return fmt.Errorf("pull %s: %w", ward, err)
+			}
 			c.m.pulled.Add(float64(n))
 			c.m.pullCursor.Set(float64(m.Index))
 			c.mu.Lock()

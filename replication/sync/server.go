@@ -328,11 +328,21 @@ func (s *Server) pull(ctx context.Context, conn *transport.Conn, st io.ReadWrite
 	defer s.touch(cur.Ward, peer.Node, func(ws *WardSession) { ws.Pulling-- })
 	s.m.sessions.WithLabelValues("pull").Inc()
 	defer s.m.sessions.WithLabelValues("pull").Dec()
-	// The peer never sends after the Cursor; a read that ends means it left.
+	// After its first Cursor the node sends one per page it applied (its
+	// applied cursor, shown as its catch-up); a read that ends means it
+	// left.
 	gone := make(chan struct{})
 	go func() {
 		defer close(gone)
-		io.Copy(io.Discard, st)
+		for {
+			msg, err := r.Read()
+			if err != nil {
+				return
+			}
+			if c, ok := msg.(*wire.Cursor); ok && c.Ward == cur.Ward {
+				s.touch(cur.Ward, peer.Node, func(ws *WardSession) { ws.PullCursor = max(ws.PullCursor, c.Since) })
+			}
+		}
 	}()
 	since := cur.Since // every change at or below it has been delivered
 	var after []byte   // index key of the last change sent
@@ -402,7 +412,6 @@ func (s *Server) pull(ctx context.Context, conn *transport.Conn, st io.ReadWrite
 				return
 			}
 			s.m.pulledOps.Add(float64(len(page.Ops)))
-			s.touch(cur.Ward, peer.Node, func(ws *WardSession) { ws.PullCursor = since })
 			continue
 		}
 		select {
