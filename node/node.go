@@ -107,11 +107,12 @@ type InitParams struct {
 	Node      string
 	Series    string // "" derives it from Node
 	AdminName string
-	// Announce, if set, is called with the result (the admin token) after
-	// the data dir is built and before it is moved into place. If the
-	// process dies before Announce returns, no node exists at Dir and init
-	// can simply be run again: a node whose admin token nobody saw is
-	// never left behind.
+	// Announce, if set, is called with the result (the admin token) once
+	// the node is in place at Dir (synced): a token that was shown always
+	// opens a node. If the process dies before Announce returns, the node
+	// exists but nobody saw its token: `ward reset-token` issues a new one.
+	// (A kill between the two can make only one of them true; a token for
+	// a node that does not exist would be the worse.)
 	Announce func(InitResult) error
 }
 
@@ -187,15 +188,17 @@ func Init(ctx context.Context, cfg Config, p InitParams) (InitResult, error) {
 		err = st.Close()
 	}
 	res := InitResult{Node: p.Node, Ward: p.Ward, Role: role, Series: series, AdminID: admin.ID, AdminToken: token}
-	if err == nil && p.Announce != nil {
-		err = p.Announce(res)
-	}
 	if err == nil {
 		err = moveInto(partial, cfg.Dir)
 	}
 	if err != nil {
 		os.RemoveAll(partial)
 		return InitResult{}, err
+	}
+	if p.Announce != nil {
+		if err := p.Announce(res); err != nil {
+			return InitResult{}, fmt.Errorf("node %s is initialized in %s but its admin token could not be shown (%w): run `wardsync ward reset-token`", p.Node, cfg.Dir, err)
+		}
 	}
 	return res, nil
 }
