@@ -109,6 +109,14 @@ func Open(o Options) (*Store, error) {
 		}
 		o.Logger.Error("blobstore: log damaged; opening without the damaged entries, which are fetched again from peers", "err", err, "copy", kept)
 	}
+	if err := store.CheckFiles(dbDir, o.EncryptionKey); err != nil {
+		var de *store.DamageError
+		if errors.As(err, &de) {
+			de.Recovery = fmt.Sprintf("To recover, stop the node and move %s aside, keeping it, since it holds any scan not uploaded yet, and start the node: "+
+				"scans already stored at the city (or, on a city member, at its peers) are fetched again", o.Dir)
+		}
+		return nil, fmt.Errorf("blobstore: %w", err)
+	}
 	bo := badger.DefaultOptions(dbDir).
 		// Every write is synced. Sync alone is not enough: badger's Sync
 		// flushes only the active memtable's log, and a memtable swapped

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 
+	"github.com/wardsync/wardsync/node/store/crashpoint"
 	"github.com/wardsync/wardsync/schema"
 )
 
@@ -197,6 +198,10 @@ func (tx *Tx) ApplyPulled(ward string, ops []schema.Op, cursor uint64) (int, err
 	n := 0
 	var maxHLC schema.HLC
 	for i := range ops {
+		if i == len(ops)/2 {
+			// Half the page staged, nothing of it committed.
+			crashpoint.Hit(crashpoint.PullMid)
+		}
 		op := &ops[i]
 		seen, err := tx.HasOp(op.ID)
 		if err != nil {

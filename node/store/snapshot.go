@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/wardsync/wardsync/node/store/crashpoint"
 )
 
 // Snapshots stream the whole keyspace as it was at one moment, for Raft.
@@ -159,6 +161,9 @@ func (s *Store) Restore(r io.Reader) error {
 		if err := wb.Set(k, v); err != nil {
 			return fmt.Errorf("store: restore: %w", err)
 		}
+		// A crash here leaves part of the snapshot loaded: the marker
+		// makes the next start restore again.
+		crashpoint.HitAfter(crashpoint.RestoreMid, func() { wb.Flush(); s.db.Sync() })
 	}
 	var want [32]byte
 	if _, err := io.ReadFull(br, want[:]); err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
 
+	"github.com/wardsync/wardsync/node/store/crashpoint"
 	"github.com/wardsync/wardsync/schema"
 )
 
@@ -141,6 +142,11 @@ func Open(o Options) (*Store, error) {
 			return nil, err
 		}
 	} else if err := PrepareLogs(o.Dir, o.Logger); err != nil {
+		return nil, err
+	}
+	// What badger checks at open, checked first where a damaged table is
+	// an error and not a crash (filecheck.go).
+	if err := CheckFiles(o.Dir, o.EncryptionKey); err != nil {
 		return nil, err
 	}
 	db, err := badger.Open(badgerOptions(o))
@@ -334,11 +340,15 @@ func (s *Store) commit(batch []*request) {
 		if len(inTxn) == 0 {
 			return nil
 		}
+		crashpoint.Hit(crashpoint.CommitBeforeSync)
 		err := txn.Commit()
 		s.commits.Add(1)
 		if err != nil {
 			return err
 		}
+		// On disk (SyncWrites), but no writer of the batch is answered
+		// until the whole batch is.
+		crashpoint.Hit(crashpoint.CommitAfterSync)
 		for _, r := range inTxn {
 			committed[r] = true
 		}

@@ -50,18 +50,22 @@ type LogDamageError struct {
 	File        string // path of the damaged file
 	Offset      int64  // byte offset of the first bad entry
 	EntriesLost int    // valid entries found after it (they would be dropped by a truncate)
+	// Recovery, when set, replaces the ward's way to recover in the
+	// message (a city member's stores set their own: rejoin).
+	Recovery string
 }
 
 // Error describes the damage and how to recover from it.
 func (e *LogDamageError) Error() string {
 	dir := filepath.Dir(e.File)
+	rec := e.Recovery
+	if rec == "" {
+		rec = WardRecovery(dir, true)
+	}
 	return fmt.Sprintf("store: log damaged: %s has a bad entry at byte offset %d "+
 		"followed by %d valid log entries that opening the store would silently drop "+
-		"(counting badger's per-transaction commit markers); refusing to start. "+
-		"To recover, restore %s from a backup (see docs/operations.md), "+
-		"or run `wardsync ward repair --data %s` to keep a copy of the damaged files "+
-		"and accept the loss; ops already pushed to the city can be pulled back",
-		e.File, e.Offset, e.EntriesLost, dir, dir)
+		"(counting badger's per-transaction commit markers); refusing to start. %s",
+		e.File, e.Offset, e.EntriesLost, rec)
 }
 
 // Unwrap makes errors.Is(err, ErrLogDamaged) true.

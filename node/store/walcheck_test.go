@@ -316,7 +316,7 @@ func TestCheckLogsFlippedByteInMem(t *testing.T) {
 	}
 	msg := err.Error()
 	for _, s := range []string{mem, fmt.Sprint(de.Offset), fmt.Sprint(de.EntriesLost),
-		"docs/operations.md", "wardsync ward repair --data " + dir, "pulled back"} {
+		"docs/operations.md", "wardsync ward repair --data " + dir, "re-sync the ward from the city"} {
 		if !strings.Contains(msg, s) {
 			t.Errorf("message lacks %q: %s", s, msg)
 		}

@@ -176,13 +176,13 @@ func Open(cfg Config) (*Cluster, error) {
 	}
 	logs, err := raftlog.Open(raftlog.Options{Dir: filepath.Join(cfg.Dir, "raft"), Logger: log, EncryptionKey: cfg.EncryptionKey})
 	if err != nil {
-		return nil, err
+		return nil, cfg.rejoin(err)
 	}
 	st, err := store.Open(store.Options{Dir: filepath.Join(cfg.Dir, "fsm"), Logger: log, Create: true, EncryptionKey: cfg.EncryptionKey,
 		MemTableSize: fsmMemTable})
 	if err != nil {
 		logs.Close()
-		return nil, err
+		return nil, cfg.rejoin(err)
 	}
 	hlog := raftLogger(log)
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.Dir, "snapshots"), 3, hlog)
@@ -275,6 +275,35 @@ func Open(cfg Config) (*Cluster, error) {
 	c.wg.Add(1)
 	go c.watchLeadership()
 	return c, nil
+}
+
+// rejoin gives a damaged store's refusal a member's way to recover. A
+// ward's (restore, `ward repair`, a new node) does not apply: a member's
+// state is a copy of the city's, and the other members hand it a fresh
+// one when it rejoins.
+func (cfg Config) rejoin(err error) error {
+	rec := fmt.Sprintf("This member's copy of the city is damaged; rejoin it to the cluster: "+
+		"from the admin desk run `wardsync city remove --node %[1]s` against another member, "+
+		"move %[2]s aside (keep it until the member has caught up), and start the member again "+
+		"with an empty --data and `--join https://ANOTHER-MEMBER:PORT`: it receives a snapshot and the log from the others "+
+		"(docs/operating-the-city-cluster.md, section 7). If no other member is healthy, see section 8 instead",
+		cfg.NodeID, cfg.Dir)
+	// The damage error itself, with the member's recovery: a wrapper
+	// around it has its message made already. (It names the file, so
+	// the wrapper's prefix is not missed.)
+	var de *store.DamageError
+	var le *store.LogDamageError
+	switch {
+	case errors.As(err, &de):
+		d := *de
+		d.Recovery = rec
+		return &d
+	case errors.As(err, &le):
+		l := *le
+		l.Recovery = rec
+		return &l
+	}
+	return err
 }
 
 func (c *Cluster) closeStores() {
@@ -575,12 +604,12 @@ func Recover(dir, nodeID string, servers []raft.Server, log *slog.Logger, encryp
 	}
 	logs, err := raftlog.Open(raftlog.Options{Dir: filepath.Join(dir, "raft"), Logger: log, EncryptionKey: encryptionKey})
 	if err != nil {
-		return err
+		return Config{NodeID: nodeID, Dir: dir}.rejoin(err)
 	}
 	defer logs.Close()
 	st, err := store.Open(store.Options{Dir: filepath.Join(dir, "fsm"), Logger: log, EncryptionKey: encryptionKey})
 	if err != nil {
-		return err
+		return Config{NodeID: nodeID, Dir: dir}.rejoin(err)
 	}
 	defer st.Close()
 	hlog := raftLogger(log)

@@ -29,6 +29,8 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
 	"github.com/hashicorp/raft"
+
+	"github.com/wardsync/wardsync/node/store"
 )
 
 // Options configures Open.
@@ -153,6 +155,16 @@ func Open(o Options) (*Store, error) {
 	}
 	logger = logger.With("component", "raftlog", "dir", o.Dir)
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("raftlog: %w", err)
+	}
+	// The checks every badger database of a node goes through: logs
+	// damaged mid-way (which badger would silently cut, acknowledged
+	// entries and votes with them) and files badger cannot open (a
+	// damaged table would crash it).
+	if err := store.PrepareLogs(o.Dir, logger); err != nil {
+		return nil, fmt.Errorf("raftlog: %w", err)
+	}
+	if err := store.CheckFiles(o.Dir, o.EncryptionKey); err != nil {
 		return nil, fmt.Errorf("raftlog: %w", err)
 	}
 	db, err := badger.Open(badgerOptions(o, logger))
