@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v2/altsrc"
 
 	"github.com/wardsync/wardsync/node"
 	"github.com/wardsync/wardsync/node/store"
@@ -43,6 +44,7 @@ func wardCommand() *cli.Command {
 					integer("max-attachment", "largest attachment upload, in `BYTES`", "WARDSYNC_MAX_ATTACHMENT", node.DefaultMaxAttachmentBytes),
 					str("link-timeout", "how long a silent link to the city is given before the ward declares it dead and reconnects", "WARDSYNC_LINK_TIMEOUT", "8s"),
 					integer("blob-bandwidth", "cap on this ward's attachment traffic to and from the city, in `BYTES` per second (0: none)", "WARDSYNC_BLOB_BANDWIDTH", 0),
+					clockOffsetFlag(),
 					proceduresFlag, wardsFlag, holidaysFlag, encKeyFlag, logLevelFlag, logFormatFlag},
 				Action: wardRun,
 			}),
@@ -89,6 +91,16 @@ func wardCommand() *cli.Command {
 			}),
 		},
 	}
+}
+
+// clockOffsetFlag is --clock-offset, hidden from --help: it runs the node's
+// wall clock (timestamps, receipt dates) off the machine's by a duration,
+// so fault tests (ops/chaos) can give a ward a skewed clock and make it
+// jump by restarting it with another offset. Never set it in production.
+func clockOffsetFlag() cli.Flag {
+	f := str("clock-offset", "for fault tests only: run the node's wall clock this `DURATION` ahead of the machine's (negative: behind)", "WARDSYNC_CLOCK_OFFSET", "").(*altsrc.StringFlag)
+	f.Hidden = true
+	return f
 }
 
 // hasFlag reports whether the running command defines flag name.
@@ -151,6 +163,16 @@ func nodeConfig(c *cli.Context) (node.Config, error) {
 			return cfg, fmt.Errorf("--max-attachment %d: must be from 1 to %d bytes", v, schema.MaxBlobSize)
 		}
 		cfg.MaxAttachmentBytes = int64(v)
+	}
+	if has("clock-offset") && c.String("clock-offset") != "" {
+		off, err := time.ParseDuration(c.String("clock-offset"))
+		if err != nil {
+			return cfg, fmt.Errorf("--clock-offset %q: must be a duration such as 90s or -5m (fault tests only)", c.String("clock-offset"))
+		}
+		if off != 0 {
+			cfg.Now = func() time.Time { return time.Now().Add(off) }
+			log.Warn("the node's clock is offset from the machine's: for fault tests only", "clock_offset", off.String())
+		}
 	}
 	if has("holidays") {
 		if err := load("holidays", func(b []byte) (err error) { cfg.Calendar, err = schema.ParseCalendar(b); return }); err != nil {

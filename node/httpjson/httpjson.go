@@ -14,6 +14,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/wardsync/wardsync/node/store"
 	"github.com/wardsync/wardsync/schema"
@@ -83,8 +84,13 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error, log *slog.Log
 		status, body = http.StatusServiceUnavailable, Error{Code: "unavailable", Message: "the server is shutting down"}
 	default:
 		log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		if errors.Is(err, store.ErrFailed) {
+		switch {
+		case errors.Is(err, store.ErrFailed):
 			status, body = http.StatusServiceUnavailable, Error{Code: "storage_failed", Message: "the node's storage failed; nothing was saved. Call city IT."}
+		case errors.Is(err, syscall.ENOSPC):
+			// A full disk (an upload staged before any op is written):
+			// nothing was saved, and it is the disk, not a bug.
+			status, body = http.StatusServiceUnavailable, Error{Code: "storage_failed", Message: "the node's disk is full; nothing was saved. Call city IT."}
 		}
 	}
 	WriteJSON(w, status, map[string]Error{"error": body})
