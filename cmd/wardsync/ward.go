@@ -304,7 +304,7 @@ func wardRepair(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(c.App.Writer, "Opened and truncated the damaged log. Pull the ward back from the city to recover ops it already holds.")
+	fmt.Fprintln(c.App.Writer, "Opened and truncated the damaged log. If this node syncs with the city, the city may hold ops the log lost, and the node will refuse to push on: set the office up again under a new node ID, which pulls the whole ward back from the city (docs/operations.md).")
 	return n.Close()
 }
 
