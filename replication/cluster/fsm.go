@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -78,6 +79,26 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 // resumes exactly where it stopped. (Entries are capped at the proposer, so
 // a single entry always fits.)
 func (f *fsm) applyChunk(logs []*raft.Log, out []interface{}, touched map[string]struct{}) error {
+	// A store scan sees only what is committed, not what earlier entries
+	// of this write have staged, and members batch entries differently (a
+	// leader applies them as they commit, a follower catching up many at
+	// once). So a command that decides from a scan must start a write of
+	// its own, or members decide it differently and diverge (chaos seed
+	// 2005, docs/reliability.md): a lease command (it scans the holder's
+	// held ops, the partition head, the ward's home node), and a blob
+	// command after another one (releasing held ops scans them, and would
+	// release again the ones an earlier blob command of this write did).
+	blob := entryHasKind(logs[0], KindBlob)
+	for i := 1; i < len(logs); i++ {
+		b := entryHasKind(logs[i], KindBlob)
+		if entryHasKind(logs[i], KindLease) || (b && blob) {
+			if err := f.applyChunk(logs[:i], out[:i], touched); err != nil {
+				return err
+			}
+			return f.applyChunk(logs[i:], out[i:], touched)
+		}
+		blob = blob || b
+	}
 	mine := map[string]struct{}{}
 	f.leased = mine
 	defer func() { f.leased = nil }()
@@ -147,6 +168,35 @@ func (f *fsm) applyChunk(logs []*raft.Log, out []interface{}, touched map[string
 		touched[w] = struct{}{}
 	}
 	return nil
+}
+
+// entryHasKind reports whether a command entry holds a command of kind,
+// reading only the commands' headers (see EncodeEntry). A malformed entry
+// says no: applying it reports the damage.
+func entryHasKind(l *raft.Log, kind Kind) bool {
+	if l.Type != raft.LogCommand || len(l.Data) == 0 || l.Data[0] != entryVersion {
+		return false
+	}
+	b := l.Data[1:]
+	n, k := binary.Uvarint(b)
+	if k <= 0 {
+		return false
+	}
+	b = b[k:]
+	for range n {
+		if len(b) < 1 {
+			return false
+		}
+		if Kind(b[0]) == kind {
+			return true
+		}
+		size, k := binary.Uvarint(b[1:])
+		if k <= 0 || size > uint64(len(b)-1-k) {
+			return false
+		}
+		b = b[1+k+int(size):]
+	}
+	return false
 }
 
 // dossierWork collects one dossier's ops within a batch so it is folded
