@@ -173,20 +173,12 @@ func (tx *Tx) HoldOp(op *schema.Op, blob [32]byte) error {
 }
 
 // ReleaseHeld returns origin's ops held for blob h and files each under
-// its dossier and its ward's change index at Raft index. staged are ops
-// held earlier in this same write, which a scan of the store cannot see
-// yet.
-func (tx *Tx) ReleaseHeld(h [32]byte, origin string, index uint64, staged []schema.Op) ([]schema.Op, error) {
+// its dossier and its ward's change index at Raft index (ops held earlier
+// in the same write included: the scan sees them).
+func (tx *Tx) ReleaseHeld(h [32]byte, origin string, index uint64) ([]schema.Op, error) {
 	var out []schema.Op
 	var keys [][]byte
 	seen := map[schema.OpID]bool{}
-	for _, op := range staged {
-		if !seen[op.ID] {
-			seen[op.ID] = true
-			out = append(out, op)
-			keys = append(keys, heldKey(h, op.ID))
-		}
-	}
 	err := tx.scan(heldOriginPrefix(h, origin), nil, false, true, func(k, ref []byte) (bool, error) {
 		b, ok, err := tx.get(ref)
 		if err != nil || !ok {

@@ -1,9 +1,12 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
+	"sort"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -16,6 +19,7 @@ type Tx struct {
 	writing bool
 	pending []pendingWrite
 	staged  map[string]int
+	sorted  []int // indexes of pending by key, for scans (sortedStaged)
 }
 
 type pendingWrite struct {
@@ -94,7 +98,13 @@ func (tx *Tx) addCount(key []byte, delta int64) error {
 }
 
 // scan calls fn for each key with prefix, in order (or reverse), starting
-// after `after` if it is set. fn returns false to stop.
+// after `after` if it is set (a key with the prefix). fn returns false to
+// stop. In a write it sees
+// the write's own staged changes too (merged into badger's order: a staged
+// value replaces the stored one, a staged delete hides it), as get does: a
+// decision made from a scan must not depend on whether an earlier change
+// was staged in this write or committed before it (the city FSM applies a
+// batch of entries in one write, and members batch differently).
 func (tx *Tx) scan(prefix, after []byte, reverse, values bool, fn func(key, val []byte) (bool, error)) error {
 	opts := badger.DefaultIteratorOptions
 	opts.Prefix = prefix
@@ -108,22 +118,109 @@ func (tx *Tx) scan(prefix, after []byte, reverse, values bool, fn func(key, val 
 	} else if reverse {
 		seek = append(append([]byte(nil), prefix...), 0xff, 0xff, 0xff, 0xff)
 	}
-	for it.Seek(seek); it.ValidForPrefix(prefix); it.Next() {
-		k := it.Item().KeyCopy(nil)
-		if after != nil && string(k) == string(after) {
-			continue
+	staged := tx.stagedRange(prefix, after, reverse)
+	// before reports whether a comes first in the scan's direction.
+	before := func(a, b []byte) bool {
+		if reverse {
+			return bytes.Compare(a, b) > 0
 		}
-		var v []byte
-		if values {
-			var err error
-			if v, err = it.Item().ValueCopy(nil); err != nil {
-				return fmt.Errorf("store: read value: %w", err)
+		return bytes.Compare(a, b) < 0
+	}
+	it.Seek(seek)
+	for {
+		var ik []byte
+		if it.ValidForPrefix(prefix) {
+			ik = it.Item().Key()
+			if after != nil && bytes.Equal(ik, after) {
+				it.Next()
+				continue
 			}
+		}
+		var k, v []byte
+		switch {
+		case len(staged) > 0 && (ik == nil || !before(ik, tx.pending[staged[0]].key)):
+			w := tx.pending[staged[0]]
+			staged = staged[1:]
+			if ik != nil && bytes.Equal(ik, w.key) {
+				it.Next() // the staged change replaces the stored value
+			}
+			if w.del {
+				continue
+			}
+			k = append([]byte(nil), w.key...)
+			if values {
+				v = append([]byte(nil), w.val...)
+			}
+		case ik != nil:
+			k = it.Item().KeyCopy(nil)
+			if values {
+				var err error
+				if v, err = it.Item().ValueCopy(nil); err != nil {
+					return fmt.Errorf("store: read value: %w", err)
+				}
+			}
+			it.Next()
+		default:
+			return nil
 		}
 		more, err := fn(k, v)
 		if err != nil || !more {
 			return err
 		}
 	}
-	return nil
+}
+
+// stagedRange returns the indexes (into pending) of this write's staged
+// changes whose keys have prefix and come after `after` in the scan's
+// direction, in that order.
+func (tx *Tx) stagedRange(prefix, after []byte, reverse bool) []int {
+	if len(tx.pending) == 0 {
+		return nil
+	}
+	s := tx.sortedStaged()
+	key := func(i int) []byte { return tx.pending[s[i]].key }
+	lo := sort.Search(len(s), func(i int) bool { return bytes.Compare(key(i), prefix) >= 0 })
+	hi := lo + sort.Search(len(s)-lo, func(i int) bool { return !bytes.HasPrefix(key(lo+i), prefix) })
+	if after != nil {
+		if reverse {
+			hi = lo + sort.Search(hi-lo, func(i int) bool { return bytes.Compare(key(lo+i), after) >= 0 })
+		} else {
+			lo += sort.Search(hi-lo, func(i int) bool { return bytes.Compare(key(lo+i), after) > 0 })
+		}
+	}
+	out := append([]int(nil), s[lo:hi]...)
+	if reverse {
+		slices.Reverse(out)
+	}
+	return out
+}
+
+// sortedStaged returns the indexes of pending ordered by key. New keys are
+// only ever appended to pending (a key staged again is replaced in place),
+// so the order is kept across calls and only the new keys are sorted in.
+func (tx *Tx) sortedStaged() []int {
+	n := len(tx.sorted)
+	if n == len(tx.pending) {
+		return tx.sorted
+	}
+	fresh := make([]int, 0, len(tx.pending)-n)
+	for i := n; i < len(tx.pending); i++ {
+		fresh = append(fresh, i)
+	}
+	cmp := func(a, b int) int { return bytes.Compare(tx.pending[a].key, tx.pending[b].key) }
+	slices.SortFunc(fresh, cmp)
+	merged := make([]int, 0, len(tx.pending))
+	i, j := 0, 0
+	for i < n && j < len(fresh) {
+		if cmp(tx.sorted[i], fresh[j]) < 0 {
+			merged = append(merged, tx.sorted[i])
+			i++
+		} else {
+			merged = append(merged, fresh[j])
+			j++
+		}
+	}
+	merged = append(append(merged, tx.sorted[i:]...), fresh[j:]...)
+	tx.sorted = merged
+	return merged
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -79,26 +78,6 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 // resumes exactly where it stopped. (Entries are capped at the proposer, so
 // a single entry always fits.)
 func (f *fsm) applyChunk(logs []*raft.Log, out []interface{}, touched map[string]struct{}) error {
-	// A store scan sees only what is committed, not what earlier entries
-	// of this write have staged, and members batch entries differently (a
-	// leader applies them as they commit, a follower catching up many at
-	// once). So a command that decides from a scan must start a write of
-	// its own, or members decide it differently and diverge (chaos seed
-	// 2005, docs/reliability.md): a lease command (it scans the holder's
-	// held ops, the partition head, the ward's home node), and a blob
-	// command after another one (releasing held ops scans them, and would
-	// release again the ones an earlier blob command of this write did).
-	blob := entryHasKind(logs[0], KindBlob)
-	for i := 1; i < len(logs); i++ {
-		b := entryHasKind(logs[i], KindBlob)
-		if entryHasKind(logs[i], KindLease) || (b && blob) {
-			if err := f.applyChunk(logs[:i], out[:i], touched); err != nil {
-				return err
-			}
-			return f.applyChunk(logs[i:], out[i:], touched)
-		}
-		blob = blob || b
-	}
 	mine := map[string]struct{}{}
 	f.leased = mine
 	defer func() { f.leased = nil }()
@@ -107,11 +86,12 @@ func (f *fsm) applyChunk(logs []*raft.Log, out []interface{}, touched map[string
 		if err != nil {
 			return err
 		}
+		// Entries of one batch share a store write. Whatever they decide
+		// from the store (a scan included) sees the earlier entries'
+		// changes, so every member decides the same however it batches
+		// (a leader applies entries as they commit, a follower catching
+		// up many at once).
 		dossiers := map[string]*dossierWork{}
-		// Attach ops held in this very write: a scan of the store does not
-		// see them yet, so the blob command that releases them (perhaps in
-		// the same batch, as when a member catches up) finds them here.
-		held := map[[32]byte][]schema.Op{}
 		for i, l := range logs {
 			if l.Type != raft.LogCommand || l.Index <= applied {
 				out[i] = &entryResult{}
@@ -125,7 +105,7 @@ func (f *fsm) applyChunk(logs []*raft.Log, out []interface{}, touched map[string
 			}
 			res := &entryResult{Results: make([]Result, len(cmds))}
 			for j := range cmds {
-				r, err := f.applyCommand(tx, dossiers, held, l.Index, &cmds[j])
+				r, err := f.applyCommand(tx, dossiers, l.Index, &cmds[j])
 				if err != nil {
 					return err // storage error: the FSM cannot go on
 				}
@@ -170,35 +150,6 @@ func (f *fsm) applyChunk(logs []*raft.Log, out []interface{}, touched map[string
 	return nil
 }
 
-// entryHasKind reports whether a command entry holds a command of kind,
-// reading only the commands' headers (see EncodeEntry). A malformed entry
-// says no: applying it reports the damage.
-func entryHasKind(l *raft.Log, kind Kind) bool {
-	if l.Type != raft.LogCommand || len(l.Data) == 0 || l.Data[0] != entryVersion {
-		return false
-	}
-	b := l.Data[1:]
-	n, k := binary.Uvarint(b)
-	if k <= 0 {
-		return false
-	}
-	b = b[k:]
-	for range n {
-		if len(b) < 1 {
-			return false
-		}
-		if Kind(b[0]) == kind {
-			return true
-		}
-		size, k := binary.Uvarint(b[1:])
-		if k <= 0 || size > uint64(len(b)-1-k) {
-			return false
-		}
-		b = b[1+k+int(size):]
-	}
-	return false
-}
-
 // dossierWork collects one dossier's ops within a batch so it is folded
 // once, from all its ops, whatever order they arrived in.
 type dossierWork struct {
@@ -237,7 +188,7 @@ func work(tx *store.Tx, dossiers map[string]*dossierWork, id string) (*dossierWo
 	return w, nil
 }
 
-func (f *fsm) applyCommand(tx *store.Tx, dossiers map[string]*dossierWork, held map[[32]byte][]schema.Op, index uint64, c *Command) (Result, error) {
+func (f *fsm) applyCommand(tx *store.Tx, dossiers map[string]*dossierWork, index uint64, c *Command) (Result, error) {
 	switch c.Kind {
 	case KindInit:
 		if _, err := tx.Identity(); err == nil {
@@ -271,9 +222,9 @@ func (f *fsm) applyCommand(tx *store.Tx, dossiers map[string]*dossierWork, held 
 		}
 		return Result{}, tx.PutOriginKey(r.Origin, store.OriginInfo{Key: r.Key, Wards: r.Wards, Role: r.Role, Index: index})
 	case KindOps:
-		return f.applyOps(tx, dossiers, held, index, c)
+		return f.applyOps(tx, dossiers, index, c)
 	case KindBlob:
-		return f.applyBlob(tx, dossiers, held, index, c.Blob)
+		return f.applyBlob(tx, dossiers, index, c.Blob)
 	case KindLease:
 		return f.applyLease(tx, index, c.Lease)
 	}
@@ -377,7 +328,7 @@ func (s *fsmSnapshot) Release() { s.sn.Release() }
 // dossier then gets the pusher's ward as tracker. At the first refused op
 // the rest of the command is refused too (it would leave a gap), and the
 // result names the op and the reason; what came before it stays.
-func (f *fsm) applyOps(tx *store.Tx, dossiers map[string]*dossierWork, held map[[32]byte][]schema.Op, index uint64, c *Command) (Result, error) {
+func (f *fsm) applyOps(tx *store.Tx, dossiers map[string]*dossierWork, index uint64, c *Command) (Result, error) {
 	res := Result{}
 	refuse := func(op *schema.Op, code, format string, args ...any) (Result, error) {
 		res.Code, res.Refused = code, op.ID.String()
@@ -477,7 +428,6 @@ func (f *fsm) applyOps(tx *store.Tx, dossiers map[string]*dossierWork, held map[
 			if err := tx.HoldOp(op, m.Hash); err != nil {
 				return Result{}, err
 			}
-			held[m.Hash] = append(held[m.Hash], *op)
 			res.Applied++
 			continue
 		}
@@ -500,7 +450,7 @@ func (f *fsm) applyOps(tx *store.Tx, dossiers map[string]*dossierWork, held map[
 
 // applyBlob records that a majority holds a blob and applies the attach
 // ops that were held for it, at this entry's index.
-func (f *fsm) applyBlob(tx *store.Tx, dossiers map[string]*dossierWork, held map[[32]byte][]schema.Op, index uint64, b *BlobCmd) (Result, error) {
+func (f *fsm) applyBlob(tx *store.Tx, dossiers map[string]*dossierWork, index uint64, b *BlobCmd) (Result, error) {
 	m, err := b.Manifest()
 	if err != nil {
 		return Result{Err: err.Error(), Code: "invalid"}, nil
@@ -514,16 +464,7 @@ func (f *fsm) applyBlob(tx *store.Tx, dossiers map[string]*dossierWork, held map
 	} else if !prev.Equal(&m) {
 		return Result{Err: fmt.Sprintf("blob %s is recorded with another manifest", m.HashHex()), Code: "invalid"}, nil
 	}
-	var staged, others []schema.Op
-	for _, op := range held[m.Hash] {
-		if op.ID.Origin == b.Origin {
-			staged = append(staged, op)
-		} else {
-			others = append(others, op)
-		}
-	}
-	held[m.Hash] = others
-	released, err := tx.ReleaseHeld(m.Hash, b.Origin, index, staged)
+	released, err := tx.ReleaseHeld(m.Hash, b.Origin, index)
 	if err != nil {
 		return Result{}, err
 	}
