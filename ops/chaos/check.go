@@ -84,8 +84,11 @@ func (d *driver) check(ctx context.Context) {
 	}
 	d.event("final leases: %v (true: the backup office holds it)", holds)
 
-	// 1. Every ward's replicas converge to the same digest.
+	// 1. Every office has pushed everything it took (ops and scans: an
+	// attach op is held at the city, out of every digest, until its scan
+	// is uploaded), and every ward's replicas converge to the same digest.
 	deadline := time.Now().Add(d.cfg.Timeout)
+	d.waitDelivered(ctx, deadline)
 	reps := map[string][]replica{}
 	for _, w := range wardCodes {
 		reps[w] = d.replicas(w, holds[w])
@@ -220,6 +223,7 @@ func (d *driver) checkReplica(ctx context.Context, ward string, r replica, recei
 
 	here := map[string]dossier{}
 	seenReceipt := map[string]string{}
+	byApplicant := map[string]string{} // every create has its own applicant ID number
 	for _, it := range items {
 		here[it.ID] = it
 		if other, dup := seenReceipt[it.ReceiptNo]; dup {
@@ -232,6 +236,10 @@ func (d *driver) checkReplica(ctx context.Context, ward string, r replica, recei
 			}
 			receipts[it.ReceiptNo] = it.ID
 		}
+		if other, dup := byApplicant[it.Applicant.IDNumber]; dup {
+			f.add("a create applied twice", "applicant %s in %s and %s", it.Applicant.IDNumber, other, it.ID)
+		}
+		byApplicant[it.Applicant.IDNumber] = it.ID
 		req := byTag[it.Applicant.IDNumber]
 		switch {
 		case req == nil:
@@ -382,4 +390,39 @@ func (d *driver) checkServing(ctx context.Context, holds map[string]bool) {
 		}
 	}
 	d.event("after the checks, each ward is served by the office its lease names, and only by it")
+}
+
+// waitDelivered waits (until deadline) for every office to have pushed all
+// its ops and uploaded all its scans; one that has not by then is a
+// violation.
+func (d *driver) waitDelivered(ctx context.Context, deadline time.Time) {
+	for _, id := range d.order {
+		o := d.offices[id]
+		api := d.officeAPI(o, o.token)
+		var last string
+		for {
+			var st struct {
+				Connected   bool `json:"connected"`
+				OutboxDepth int  `json:"outbox_depth"`
+				Blobs       struct {
+					PendingUploads int `json:"pending_uploads"`
+				} `json:"blobs"`
+			}
+			err := api.getJSON(ctx, "/v1/sync/status", &st)
+			if err == nil && st.OutboxDepth == 0 && st.Blobs.PendingUploads == 0 {
+				break
+			}
+			if err != nil {
+				last = err.Error()
+			} else {
+				last = fmt.Sprintf("%d ops and %d scans still to push (connected %v)", st.OutboxDepth, st.Blobs.PendingUploads, st.Connected)
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				d.violation("%s has not delivered everything to the city within %s of the heal: %s", o.id, d.cfg.Timeout, last)
+				break
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
+	d.event("every office has pushed its ops and uploaded its scans")
 }

@@ -48,6 +48,11 @@ func TestCheckReplicaFindsDamage(t *testing.T) {
 			x.Applicant.IDNumber = "999999999999"
 			return append(ds, x)
 		}, "a dossier no client asked for"},
+		{"a create applied twice", func(ds []dossier) []dossier {
+			x := ds[0]
+			x.ID, x.ReceiptNo, x.History = "D4", "HCM001-261201-W1-0004", []event{{Op: "w1/5", Kind: "create"}}
+			return append(ds, x)
+		}, "a create applied twice"},
 		{"an op in two dossiers", func(ds []dossier) []dossier { ds[1].History = append(ds[1].History, ds[0].History[1]); return ds }, "an op in two dossiers"},
 	}
 	for _, c := range cases {
@@ -68,7 +73,7 @@ func TestCheckReplicaFindsDamage(t *testing.T) {
 				http.NotFound(w, r)
 			}))
 			defer srv.Close()
-			d := &driver{log: slog.New(slog.DiscardHandler), t0: time.Now(), led: newLedger(), sum: newSummary(1, time.Second)}
+			d := &driver{log: slog.New(slog.DiscardHandler), t0: time.Now(), led: newLedger(), sum: newSummary(1, time.Second), ctx: context.Background()}
 			// What the clients were told.
 			created := good()[0]
 			d.led.record(&request{node: "w1", ward: ward, kind: "create", tag: "000000000001"}, acked, "", &created, "")

@@ -664,7 +664,25 @@ func (d *driver) replaceMember(ctx context.Context, rng *rand.Rand) (string, err
 		}
 	}
 	if !removed {
-		return "", fmt.Errorf("removing %s: %s", old.id, strings.TrimSpace(lastErr))
+		// An answer lost is not a removal refused: ask the configuration,
+		// once a leader can say.
+		in := -1
+		_ = d.eventually(ctx, "the configuration", 30*time.Second, func() error {
+			if in = d.inConfig(ctx, old.id); in < 0 {
+				return errors.New("no member with a leader answered")
+			}
+			return nil
+		})
+		switch in {
+		case 0:
+			removed = true
+		case 1:
+			return "", fmt.Errorf("removing %s: %s (it is still a member)", old.id, strings.TrimSpace(lastErr))
+		default:
+			// Unknown: leave it running; the heal joins it again if it
+			// was removed.
+			return "", fmt.Errorf("removing %s: %s (outcome unknown)", old.id, strings.TrimSpace(lastErr))
+		}
 	}
 	// 2. Retire it.
 	old.p.mu.Lock()
@@ -710,10 +728,17 @@ func (d *driver) replaceMember(ctx context.Context, rng *rand.Rand) (string, err
 }
 
 // inConfig reports whether the city's configuration holds member id: 1
-// yes, 0 no, -1 could not tell.
+// yes, 0 no, -1 could not tell. It asks the leader (a member that has just
+// joined may not have the configuration yet).
 func (d *driver) inConfig(ctx context.Context, id string) int {
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	leader, err := d.leader(cctx)
+	if err != nil {
+		return -1
+	}
 	for _, m := range d.currentMembers() {
-		if !m.p.running() {
+		if m.id != leader || !m.p.running() {
 			continue
 		}
 		var v struct {
@@ -722,11 +747,8 @@ func (d *driver) inConfig(ctx context.Context, id string) int {
 				ID string `json:"id"`
 			} `json:"members"`
 		}
-		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		err := d.cityAPI(m).getJSON(cctx, "/v1/cluster", &v)
-		cancel()
-		if err != nil || v.Leader == "" {
-			continue
+		if err := d.cityAPI(m).getJSON(cctx, "/v1/cluster", &v); err != nil || v.Leader != m.id {
+			return -1
 		}
 		for _, x := range v.Members {
 			if x.ID == id {
@@ -834,6 +856,40 @@ func (d *driver) healAll(ctx context.Context) error {
 	for _, p := range d.allProcs() {
 		p.resume()
 	}
+	// Every member in the configuration, once there is a leader: a
+	// replacement whose join did not get through, or a member whose
+	// removal no one answered, is joined as city IT would (city join).
+	if _, err := d.waitLeader(ctx, d.cfg.Timeout); err != nil {
+		d.violation("after healing, no leader: %v", err)
+	}
+	for _, m := range d.currentMembers() {
+		in := -1
+		_ = d.eventually(ctx, "the configuration", d.cfg.Timeout, func() error {
+			if in = d.inConfig(ctx, m.id); in < 0 {
+				return errors.New("no member with a leader answered")
+			}
+			return nil
+		})
+		if in != 0 {
+			continue
+		}
+		d.note("%s not in the configuration after the faults: joining it", m.id)
+		err := d.eventually(ctx, m.id+" joined", d.cfg.Timeout, func() error {
+			for _, via := range d.currentMembers() {
+				if via == m {
+					continue
+				}
+				r, err := d.cityAPI(via).do(ctx, "POST", "/v1/cluster/members", map[string]string{"id": m.id, "address": m.proxy.Addr()})
+				if err == nil && r.code == http.StatusOK {
+					return nil
+				}
+			}
+			return errors.New("no member took the join")
+		})
+		if err != nil {
+			d.violation("after healing, %v", err)
+		}
+	}
 	// Up and healthy (the supervisor restarts what is down).
 	for _, p := range d.allProcs() {
 		p.mu.Lock()
@@ -864,27 +920,6 @@ func (d *driver) healAll(ctx context.Context) error {
 		if err != nil {
 			d.violation("after healing, %v", err)
 		}
-	}
-	// Every member in the configuration (a replacement whose join did
-	// not get through is joined as city IT would: city join).
-	for _, m := range d.currentMembers() {
-		if d.inConfig(ctx, m.id) != 0 {
-			continue
-		}
-		d.note("%s not in the configuration after the faults: joining it", m.id)
-		for _, via := range d.currentMembers() {
-			if via == m {
-				continue
-			}
-			r, err := d.cityAPI(via).do(ctx, "POST", "/v1/cluster/members", map[string]string{"id": m.id, "address": m.proxy.Addr()})
-			if err == nil && r.code == http.StatusOK {
-				break
-			}
-		}
-	}
-	_, err := d.waitLeader(ctx, d.cfg.Timeout)
-	if err != nil {
-		d.violation("after healing, no leader: %v", err)
 	}
 	d.event("healed: every link up, every process running")
 	return nil
