@@ -238,8 +238,40 @@ func (w *Ward) begin(direction string, m *schema.Manifest, missing int) {
 	w.mu.Unlock()
 }
 
-// blobRetry is how long a refused blob waits before it is tried again.
-const blobRetry = 30 * time.Second
+// A refused blob (an upload refused, or a fetch of a blob the city does not
+// hold yet) is tried again after blobRetryFirst, then after twice as
+// long each time, up to blobRetryMax. Most refusals pass quickly: the
+// member the ward uploads to may not have applied the attach op that the
+// leader already acknowledged ("its ops must reach the city first").
+const (
+	blobRetryFirst = time.Second
+	blobRetryMax   = 30 * time.Second
+)
+
+// retries holds when each refused blob may be tried again.
+type retries map[[32]byte]retryWait
+
+type retryWait struct {
+	at   time.Time
+	wait time.Duration
+}
+
+// refused records a refusal at now and returns how long the blob waits.
+func (r retries) refused(h [32]byte, now time.Time) time.Duration {
+	next := retryWait{wait: blobRetryFirst}
+	if f, ok := r[h]; ok {
+		next.wait = min(2*f.wait, blobRetryMax)
+	}
+	next.at = now.Add(next.wait)
+	r[h] = next
+	return next.wait
+}
+
+// due reports whether h may be tried at now.
+func (r retries) due(h [32]byte, now time.Time) bool {
+	f, ok := r[h]
+	return !ok || !now.Before(f.at)
+}
 
 // uploadsWaiting bounds the uploads that have sent all their chunks and
 // wait for the city's BlobStored (a majority copy and a Raft commit).
@@ -263,7 +295,7 @@ func (w *Ward) uploads(ctx context.Context, conn *transport.Conn) error {
 	done := make(chan upDone, uploadsWaiting)
 	sending := make(chan struct{}, 1)
 	inflight := map[[32]byte]bool{}
-	failed := map[[32]byte]time.Time{} // refused blobs, retried after a while
+	failed := retries{} // refused blobs, retried after a while
 	handle := func(d upDone) error {
 		delete(inflight, d.h)
 		if d.err == nil {
@@ -275,11 +307,11 @@ func (w *Ward) uploads(ctx context.Context, conn *transport.Conn) error {
 		}
 		// This blob's problem only (refused, or unreadable here): the
 		// others go on, and it is tried again later.
-		failed[d.h] = time.Now()
+		wait := failed.refused(d.h, time.Now())
 		w.mu.Lock()
 		w.lastErr = d.err.Error()
 		w.mu.Unlock()
-		w.log.Warn("blob: upload refused; retrying it later", "blob", fmt.Sprintf("%x", d.h[:6]), "err", d.err)
+		w.log.Warn("blob: upload refused; retrying it later", "blob", fmt.Sprintf("%x", d.h[:6]), "in", wait, "err", d.err)
 		return nil
 	}
 	for {
@@ -313,7 +345,7 @@ func (w *Ward) uploads(ctx context.Context, conn *transport.Conn) error {
 			if inflight[h] || len(inflight) >= uploadsWaiting || !ready[h] {
 				continue
 			}
-			if t, ok := failed[h]; ok && time.Since(t) < blobRetry {
+			if !failed.due(h, time.Now()) {
 				continue
 			}
 			m, ok, err := n.Blobs().Manifest(h)
@@ -378,7 +410,7 @@ func (w *Ward) fetches(ctx context.Context, conn *transport.Conn) error {
 	n := w.cfg.Node
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
-	failed := map[[32]byte]time.Time{}
+	failed := retries{}
 	for {
 		var pending [][32]byte
 		if err := n.Store().View(func(tx *store.Tx) error {
@@ -390,15 +422,15 @@ func (w *Ward) fetches(ctx context.Context, conn *transport.Conn) error {
 		}
 		progressed := false
 		for _, h := range pending {
-			if t, ok := failed[h]; ok && time.Since(t) < time.Minute {
+			if !failed.due(h, time.Now()) {
 				continue // the city does not have it yet (its upload is under way)
 			}
 			if err := w.get(ctx, conn, h); err != nil {
 				if conn.Context().Err() != nil || ctx.Err() != nil {
 					return err
 				}
-				failed[h] = time.Now()
-				w.log.Debug("blob: background fetch failed; will retry", "blob", fmt.Sprintf("%x", h[:6]), "err", err)
+				wait := failed.refused(h, time.Now())
+				w.log.Debug("blob: background fetch failed; will retry", "blob", fmt.Sprintf("%x", h[:6]), "in", wait, "err", err)
 				continue
 			}
 			delete(failed, h)
