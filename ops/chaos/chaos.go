@@ -46,6 +46,10 @@ type Config struct {
 	Clients int
 	// NoDiskFull leaves out the small disks and the disk-full faults.
 	NoDiskFull bool
+	// Slot and Slots: a run going on at the same time as others (Slots of
+	// them, this one numbered Slot from 0) takes its loopback ports from a
+	// share of the range of its own. Zero: the whole range.
+	Slot, Slots int
 	// Out gets a line per phase and, at the end, the run's summary and any
 	// violation with its replay command (nil: discarded).
 	Out io.Writer
@@ -199,7 +203,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		return Summary{}, err
 	}
 	d := &driver{cfg: cfg, log: cfg.Log.With("seed", cfg.Seed), t0: time.Now(), dir: cfg.Dir,
-		ports: newPorts(), mesh: newMesh(), offices: map[string]*office{}, restarts: map[string]*restartState{},
+		ports: newPorts(cfg.Slot, cfg.Slots), mesh: newMesh(), offices: map[string]*office{}, restarts: map[string]*restartState{},
 		sum: newSummary(cfg.Seed, cfg.Duration)}
 	d.tlsDir = filepath.Join(cfg.Dir, "tls")
 	d.logDir = filepath.Join(cfg.Dir, "logs")

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -257,13 +256,25 @@ func tail(path string, n int) string {
 // (32768 and up on Linux), so a port the run fixed for a process is never
 // taken by some client's outgoing socket while the process is down.
 type ports struct {
-	mu   sync.Mutex
-	used map[int]bool
-	rng  *rand.Rand
+	mu       sync.Mutex
+	used     map[int]bool
+	rng      *rand.Rand
+	lo, span int
 }
 
-func newPorts() *ports {
-	return &ports{used: map[int]bool{}, rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
+// The ports runs draw from: [portsLow, portsLow+portsSpan), below the
+// kernel's ephemeral range.
+const (
+	portsLow  = 20000
+	portsSpan = 12000
+)
+
+// newPorts draws from slot of slots equal shares of the range, so runs
+// going on at the same time never hand out the same port.
+func newPorts(slot, slots int) *ports {
+	slots = max(slots, 1)
+	span := portsSpan / slots
+	return &ports{used: map[int]bool{}, rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), lo: portsLow + (slot%slots)*span, span: span}
 }
 
 // next returns a port free for both TCP and UDP on 127.0.0.1 right now.
@@ -271,7 +282,7 @@ func (ps *ports) next() (int, error) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	for range 2000 {
-		port := 20000 + ps.rng.IntN(12000)
+		port := ps.lo + ps.rng.IntN(ps.span)
 		if ps.used[port] {
 			continue
 		}
@@ -289,7 +300,7 @@ func (ps *ports) next() (int, error) {
 		ps.used[port] = true
 		return port, nil
 	}
-	return 0, errors.New("chaos: no free loopback port in 20000-31999")
+	return 0, fmt.Errorf("chaos: no free loopback port in %d-%d", ps.lo, ps.lo+ps.span-1)
 }
 
 func (ps *ports) addr() (string, error) {

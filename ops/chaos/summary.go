@@ -99,7 +99,11 @@ type Campaign struct {
 	Violations      int
 	HarnessErrors   int
 	FailingSeeds    []uint64
-	Took            time.Duration
+	Took            time.Duration // the runs' times added up
+	// Wall and Parallel, when set: the campaign's own time, with Parallel
+	// runs going on at a time.
+	Wall     time.Duration
+	Parallel int
 }
 
 // Add counts one run in.
@@ -139,7 +143,11 @@ func (c *Campaign) Add(s Summary) {
 func (c *Campaign) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "runs\t%d (%d passed)\n", c.Runs, c.Passed)
-	fmt.Fprintf(tw, "time\t%s (%.0fs a run)\n", c.Took.Round(time.Second), c.Took.Seconds()/float64(max(c.Runs, 1)))
+	if c.Wall > 0 {
+		fmt.Fprintf(tw, "time\t%s (%.0fs a run, %d at a time)\n", c.Wall.Round(time.Second), c.Took.Seconds()/float64(max(c.Runs, 1)), max(c.Parallel, 1))
+	} else {
+		fmt.Fprintf(tw, "time\t%s (%.0fs a run)\n", c.Took.Round(time.Second), c.Took.Seconds()/float64(max(c.Runs, 1)))
+	}
 	total := 0
 	for _, n := range c.Faults {
 		total += n
