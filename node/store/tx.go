@@ -5,10 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"slices"
-	"sort"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/tidwall/btree"
 )
 
 // Tx is a read (View) or read-write (Write) view of the store. In a write,
@@ -19,7 +18,7 @@ type Tx struct {
 	writing bool
 	pending []pendingWrite
 	staged  map[string]int
-	sorted  []int // indexes of pending by key, for scans (sortedStaged)
+	order   *btree.BTreeG[pendingWrite] // pending by key, for scans
 }
 
 type pendingWrite struct {
@@ -63,6 +62,10 @@ func (tx *Tx) stage(w pendingWrite) {
 	if tx.staged == nil {
 		tx.staged = map[string]int{}
 	}
+	if tx.order == nil {
+		tx.order = btree.NewBTreeGOptions(lessKey, btree.Options{NoLocks: true})
+	}
+	tx.order.Set(w)
 	if i, ok := tx.staged[string(w.key)]; ok {
 		tx.pending[i] = w
 		return
@@ -99,12 +102,13 @@ func (tx *Tx) addCount(key []byte, delta int64) error {
 
 // scan calls fn for each key with prefix, in order (or reverse), starting
 // after `after` if it is set (a key with the prefix). fn returns false to
-// stop. In a write it sees
-// the write's own staged changes too (merged into badger's order: a staged
-// value replaces the stored one, a staged delete hides it), as get does: a
-// decision made from a scan must not depend on whether an earlier change
-// was staged in this write or committed before it (the city FSM applies a
-// batch of entries in one write, and members batch differently).
+// stop. In a write it sees the write's own staged changes too (merged into
+// badger's order: a staged value replaces the stored one, a staged delete
+// hides it), as get does: a decision made from a scan must not depend on
+// whether an earlier change was staged in this write or committed before
+// it (the city FSM applies a batch of entries in one write, and members
+// batch differently). Like badger's iterator, it goes over a snapshot: what
+// fn stages while it runs is not seen by this scan.
 func (tx *Tx) scan(prefix, after []byte, reverse, values bool, fn func(key, val []byte) (bool, error)) error {
 	opts := badger.DefaultIteratorOptions
 	opts.Prefix = prefix
@@ -118,7 +122,7 @@ func (tx *Tx) scan(prefix, after []byte, reverse, values bool, fn func(key, val 
 	} else if reverse {
 		seek = append(append([]byte(nil), prefix...), 0xff, 0xff, 0xff, 0xff)
 	}
-	staged := tx.stagedRange(prefix, after, reverse)
+	staged := tx.stagedIn(prefix, seek, after, reverse)
 	// before reports whether a comes first in the scan's direction.
 	before := func(a, b []byte) bool {
 		if reverse {
@@ -138,8 +142,8 @@ func (tx *Tx) scan(prefix, after []byte, reverse, values bool, fn func(key, val 
 		}
 		var k, v []byte
 		switch {
-		case len(staged) > 0 && (ik == nil || !before(ik, tx.pending[staged[0]].key)):
-			w := tx.pending[staged[0]]
+		case len(staged) > 0 && (ik == nil || !before(ik, staged[0].key)):
+			w := staged[0]
 			staged = staged[1:]
 			if ik != nil && bytes.Equal(ik, w.key) {
 				it.Next() // the staged change replaces the stored value
@@ -170,57 +174,30 @@ func (tx *Tx) scan(prefix, after []byte, reverse, values bool, fn func(key, val 
 	}
 }
 
-// stagedRange returns the indexes (into pending) of this write's staged
-// changes whose keys have prefix and come after `after` in the scan's
-// direction, in that order.
-func (tx *Tx) stagedRange(prefix, after []byte, reverse bool) []int {
-	if len(tx.pending) == 0 {
-		return nil
+// stagedIn returns the staged changes the scan visits, in its order: keys
+// with prefix from where badger's iterator starts (the first key >= seek
+// going forward, the last key <= seek in reverse), but not after itself.
+// A copy, so what the scan's callback stages does not change it.
+func (tx *Tx) stagedIn(prefix, seek, after []byte, reverse bool) []pendingWrite {
+	if tx.order == nil || tx.order.Len() == 0 {
+		return nil // nothing staged (a read, or a write before its first change)
 	}
-	s := tx.sortedStaged()
-	key := func(i int) []byte { return tx.pending[s[i]].key }
-	lo := sort.Search(len(s), func(i int) bool { return bytes.Compare(key(i), prefix) >= 0 })
-	hi := lo + sort.Search(len(s)-lo, func(i int) bool { return !bytes.HasPrefix(key(lo+i), prefix) })
-	if after != nil {
-		if reverse {
-			hi = lo + sort.Search(hi-lo, func(i int) bool { return bytes.Compare(key(lo+i), after) >= 0 })
-		} else {
-			lo += sort.Search(hi-lo, func(i int) bool { return bytes.Compare(key(lo+i), after) > 0 })
+	var out []pendingWrite
+	visit := func(w pendingWrite) bool {
+		if !bytes.HasPrefix(w.key, prefix) {
+			return false
 		}
+		if after == nil || !bytes.Equal(w.key, after) {
+			out = append(out, w)
+		}
+		return true
 	}
-	out := append([]int(nil), s[lo:hi]...)
 	if reverse {
-		slices.Reverse(out)
+		tx.order.Descend(pendingWrite{key: seek}, visit)
+	} else {
+		tx.order.Ascend(pendingWrite{key: seek}, visit)
 	}
 	return out
 }
 
-// sortedStaged returns the indexes of pending ordered by key. New keys are
-// only ever appended to pending (a key staged again is replaced in place),
-// so the order is kept across calls and only the new keys are sorted in.
-func (tx *Tx) sortedStaged() []int {
-	n := len(tx.sorted)
-	if n == len(tx.pending) {
-		return tx.sorted
-	}
-	fresh := make([]int, 0, len(tx.pending)-n)
-	for i := n; i < len(tx.pending); i++ {
-		fresh = append(fresh, i)
-	}
-	cmp := func(a, b int) int { return bytes.Compare(tx.pending[a].key, tx.pending[b].key) }
-	slices.SortFunc(fresh, cmp)
-	merged := make([]int, 0, len(tx.pending))
-	i, j := 0, 0
-	for i < n && j < len(fresh) {
-		if cmp(tx.sorted[i], fresh[j]) < 0 {
-			merged = append(merged, tx.sorted[i])
-			i++
-		} else {
-			merged = append(merged, fresh[j])
-			j++
-		}
-	}
-	merged = append(append(merged, tx.sorted[i:]...), fresh[j:]...)
-	tx.sorted = merged
-	return merged
-}
+func lessKey(a, b pendingWrite) bool { return bytes.Compare(a.key, b.key) < 0 }
