@@ -649,8 +649,8 @@ func (d *driver) replaceMember(ctx context.Context, rng *rand.Rand) (string, err
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			r, err := d.cityAPI(m).do(cctx, "DELETE", "/v1/cluster/members/"+old.id, nil)
 			cancel()
-			if err == nil && r.code == http.StatusOK {
-				removed = true
+			if err == nil && (r.code == http.StatusOK || r.code == http.StatusNotFound) {
+				removed = true // 404: no such member, an earlier try whose answer was lost did it
 				break
 			}
 			lastErr = errClass(r, err) + " " + string(r.body)
