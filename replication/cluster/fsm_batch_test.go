@@ -138,23 +138,8 @@ func TestFSMBlobCommandTwiceIndependentOfBatching(t *testing.T) {
 // of 8 pushed creates each, applied in one batch (one store write), so
 // the cost of scans that see the write's staged changes shows.
 func BenchmarkFSMApplyCatchUp(b *testing.B) {
-	st, err := store.Open(store.Options{Dir: b.TempDir(), Create: true, MemTableSize: fsmMemTable})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
-	f := &fsm{st: st, log: slog.New(slog.DiscardHandler)}
-	wa := newOrigin("wa", schema.PeerWard, "HCM001")
-	index := uint64(1)
-	next := func(cmds ...Command) *raft.Log {
-		data, err := EncodeEntry(cmds)
-		if err != nil {
-			b.Fatal(err)
-		}
-		index++
-		return &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: data}
-	}
-	f.ApplyBatch([]*raft.Log{next(wa.register())})
+	bf := newBenchFSM(b)
+	wa, next := bf.wa, bf.next
 	n := 0
 	b.ResetTimer()
 	for range b.N {
@@ -169,11 +154,7 @@ func BenchmarkFSMApplyCatchUp(b *testing.B) {
 			logs[i] = next(wa.push(ops...))
 		}
 		b.StartTimer()
-		for _, r := range f.ApplyBatch(logs) {
-			if res := r.(*entryResult); res.Err != nil || res.Results[0].Code != "" {
-				b.Fatalf("entry refused: %+v", res)
-			}
-		}
+		bf.apply(logs)
 	}
 	b.ReportMetric(float64(b.N*256*8)/b.Elapsed().Seconds(), "ops/s")
 }
@@ -183,32 +164,10 @@ func BenchmarkFSMApplyCatchUp(b *testing.B) {
 // reads its dossier's ops with a scan, inside the batch's write, after the
 // earlier ops of the batch were staged.
 func BenchmarkFSMApplyCatchUpExisting(b *testing.B) {
-	st, err := store.Open(store.Options{Dir: b.TempDir(), Create: true, MemTableSize: fsmMemTable})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
-	f := &fsm{st: st, log: slog.New(slog.DiscardHandler)}
-	wa := newOrigin("wa", schema.PeerWard, "HCM001")
-	index := uint64(1)
-	next := func(cmds ...Command) *raft.Log {
-		data, err := EncodeEntry(cmds)
-		if err != nil {
-			b.Fatal(err)
-		}
-		index++
-		return &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: data}
-	}
-	apply := func(logs []*raft.Log) {
-		for _, r := range f.ApplyBatch(logs) {
-			if res := r.(*entryResult); res.Err != nil || res.Results[0].Code != "" {
-				b.Fatalf("entry refused: %+v", res)
-			}
-		}
-	}
+	bf := newBenchFSM(b)
+	wa, next, apply := bf.wa, bf.next, bf.apply
 	const entries, perEntry = 64, 100
 	ids := make([]string, entries*perEntry)
-	apply([]*raft.Log{next(wa.register())})
 	for e := range entries {
 		ops := make([]schema.Op, perEntry)
 		for j := range ops {
@@ -243,4 +202,43 @@ func (o *origin) note(ward, d string) schema.Op {
 	op.Sign(o.key)
 	o.prev = op.Hash()
 	return op
+}
+
+// benchFSM is an FSM on a real store with one registered ward origin, and
+// the means to make and apply its next entries.
+type benchFSM struct {
+	b     *testing.B
+	f     *fsm
+	wa    *origin
+	index uint64
+}
+
+func newBenchFSM(b *testing.B) *benchFSM {
+	st, err := store.Open(store.Options{Dir: b.TempDir(), Create: true, MemTableSize: fsmMemTable})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { st.Close() })
+	bf := &benchFSM{b: b, f: &fsm{st: st, log: slog.New(slog.DiscardHandler)}, wa: newOrigin("wa", schema.PeerWard, "HCM001"), index: 1}
+	bf.apply([]*raft.Log{bf.next(bf.wa.register())})
+	return bf
+}
+
+// next makes the next committed entry.
+func (bf *benchFSM) next(cmds ...Command) *raft.Log {
+	data, err := EncodeEntry(cmds)
+	if err != nil {
+		bf.b.Fatal(err)
+	}
+	bf.index++
+	return &raft.Log{Index: bf.index, Term: 1, Type: raft.LogCommand, Data: data}
+}
+
+// apply applies logs in one batch; every command must be accepted.
+func (bf *benchFSM) apply(logs []*raft.Log) {
+	for _, r := range bf.f.ApplyBatch(logs) {
+		if res := r.(*entryResult); res.Err != nil || res.Results[0].Code != "" {
+			bf.b.Fatalf("entry refused: %+v", res)
+		}
+	}
 }
