@@ -94,3 +94,34 @@ func TestCheckReplicaFindsDamage(t *testing.T) {
 		})
 	}
 }
+
+// TestFullAtCoversAnExitReapedJustAfterTheHeal: a process that died of its
+// full disk is not a crash, even when its exit is noticed just after the
+// filler was removed (seed 7000222: filled at 32.4 s, healed at 32.5 s,
+// its exit reaped then); an exit well after the heal, or on another node,
+// is one.
+func TestFullAtCoversAnExitReapedJustAfterTheHeal(t *testing.T) {
+	t0 := time.Now()
+	d := &driver{windows: []diskWindow{
+		{node: "c1", from: t0, to: t0.Add(100 * time.Millisecond)},
+		{node: "w1", from: t0.Add(10 * time.Second)}, // still full
+	}}
+	cases := []struct {
+		node string
+		at   time.Duration
+		want bool
+	}{
+		{"c1", 50 * time.Millisecond, true},
+		{"c1", 600 * time.Millisecond, true},
+		{"c1", 5 * time.Second, false},
+		{"c1", -time.Second, false},
+		{"c2", 50 * time.Millisecond, false},
+		{"w1", 11 * time.Second, true},
+		{"w1", 9 * time.Second, false},
+	}
+	for _, c := range cases {
+		if got := d.fullAt(c.node, t0.Add(c.at)); got != c.want {
+			t.Errorf("%s exiting at %s: disk full %v, want %v", c.node, c.at, got, c.want)
+		}
+	}
+}

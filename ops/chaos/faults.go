@@ -22,6 +22,21 @@ type diskWindow struct {
 	from, to time.Time
 }
 
+// fullAt reports whether node's disk was full at t, or had been until a
+// moment before: a process that touches a page its full disk cannot back
+// dies at once, but the exit may be reaped just after the filler is gone.
+func (d *driver) fullAt(node string, t time.Time) bool {
+	const grace = time.Second
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, w := range d.windows {
+		if w.node == node && !t.Before(w.from) && (w.to.IsZero() || !t.After(w.to.Add(grace))) {
+			return true
+		}
+	}
+	return false
+}
+
 // errSkip says a fault could not be injected now (no target free, the
 // kind not available); it is not counted.
 type errSkip struct{ why string }
@@ -785,13 +800,22 @@ func (d *driver) supervise(ctx context.Context) {
 		for _, p := range d.allProcs() {
 			p.mu.Lock()
 			down := p.done != nil && !p.runningLocked() && p.hold == 0 && !p.retired
-			expected, exitErr := p.expected, p.err
+			expected, exitErr, exitedAt := p.expected, p.err, p.exitedAt
 			if down {
 				p.expected = true // reported once
 			}
 			p.mu.Unlock()
 			if !down {
 				continue
+			}
+			if !expected && d.fullAt(p.name, exitedAt) {
+				// It died of its full disk just as the fault healed, before
+				// the heal could see it down.
+				expected = true
+				d.mu.Lock()
+				d.sum.DiskFullCrashes++
+				d.mu.Unlock()
+				d.event("%s exited while its disk was full (%v; noticed after the heal):%s", p.name, exitErr, tail(p.log, 6))
 			}
 			d.mu.Lock()
 			st := d.restarts[p.name]

@@ -31,6 +31,7 @@ type proc struct {
 	cmd      *exec.Cmd
 	done     chan struct{} // closed once the current process has exited and been reaped
 	err      error         // Wait's result, set before done closes
+	exitedAt time.Time     // when Wait returned, set before done closes
 	paused   bool          // SIGSTOPped by a fault
 	expected bool          // the driver ended the current process (or means to)
 	hold     int           // faults keeping it down or stopped: the supervisor leaves it alone
@@ -103,7 +104,7 @@ func (p *proc) start(ctx context.Context, bin string, wait time.Duration) error 
 		err := cmd.Wait()
 		f.Close()
 		p.mu.Lock()
-		p.err = err
+		p.err, p.exitedAt = err, time.Now()
 		p.mu.Unlock()
 		close(done)
 	}()
