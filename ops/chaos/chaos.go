@@ -34,7 +34,7 @@ type Config struct {
 	// on the same picks); process timing still varies from run to run.
 	Seed uint64
 	// Duration is how long faults are injected (default 30s). Setup,
-	// healing and the checks come on top (about 30 s more).
+	// healing and the checks come on top (about 10 s more).
 	Duration time.Duration
 	// Timeout bounds the waits after healing: processes up, a pending
 	// handback released, every replica of a ward converging (default 90s).
