@@ -178,7 +178,6 @@ func (tx *Tx) HoldOp(op *schema.Op, blob [32]byte) error {
 func (tx *Tx) ReleaseHeld(h [32]byte, origin string, index uint64) ([]schema.Op, error) {
 	var out []schema.Op
 	var keys [][]byte
-	seen := map[schema.OpID]bool{}
 	err := tx.scan(heldOriginPrefix(h, origin), nil, false, true, func(k, ref []byte) (bool, error) {
 		b, ok, err := tx.get(ref)
 		if err != nil || !ok {
@@ -188,11 +187,8 @@ func (tx *Tx) ReleaseHeld(h [32]byte, origin string, index uint64) ([]schema.Op,
 		if err != nil {
 			return false, err
 		}
-		if !seen[op.ID] {
-			seen[op.ID] = true
-			out = append(out, op)
-			keys = append(keys, k)
-		}
+		out = append(out, op) // one held key per op
+		keys = append(keys, k)
 		return true, nil
 	})
 	if err != nil {

@@ -368,10 +368,10 @@ func (s *Store) commit(batch []*request) {
 			continue
 		}
 		var rs, rc int64
-		for _, w := range tx.pending {
+		tx.staged(func(w pendingWrite) {
 			rs += int64(len(w.key)+len(w.val)) + 64
 			rc++
-		}
+		})
 		if rs > maxSize || rc > maxCount {
 			r.err = fmt.Errorf("%w: one write of %d entries and ~%d bytes exceeds the store's transaction limit", schema.ErrTooLarge, rc, rs)
 			continue
@@ -383,11 +383,11 @@ func (s *Store) commit(batch []*request) {
 				break
 			}
 		}
-		for _, w := range tx.pending {
-			if commitErr = w.apply(txn); commitErr != nil {
-				break
+		tx.staged(func(w pendingWrite) {
+			if commitErr == nil {
+				commitErr = w.apply(txn)
 			}
-		}
+		})
 		if commitErr != nil {
 			break
 		}

@@ -16,9 +16,7 @@ import (
 type Tx struct {
 	txn     *badger.Txn
 	writing bool
-	pending []pendingWrite
-	staged  map[string]int
-	order   *btree.BTreeG[pendingWrite] // pending by key, for scans
+	pending *btree.BTreeG[pendingWrite] // staged changes by key (gets, scans, the commit)
 }
 
 type pendingWrite struct {
@@ -37,9 +35,10 @@ var errReadOnly = errors.New("store: write in a read-only transaction")
 
 // get returns the value for key, or nil and false if there is none.
 func (tx *Tx) get(key []byte) ([]byte, bool, error) {
-	if i, ok := tx.staged[string(key)]; ok {
-		w := tx.pending[i]
-		return w.val, !w.del, nil
+	if tx.pending != nil {
+		if w, ok := tx.pending.Get(pendingWrite{key: key}); ok {
+			return w.val, !w.del, nil
+		}
 	}
 	item, err := tx.txn.Get(key)
 	if errors.Is(err, badger.ErrKeyNotFound) {
@@ -59,19 +58,17 @@ func (tx *Tx) stage(w pendingWrite) {
 	if !tx.writing {
 		panic(errReadOnly)
 	}
-	if tx.staged == nil {
-		tx.staged = map[string]int{}
+	if tx.pending == nil {
+		tx.pending = btree.NewBTreeGOptions(lessKey, btree.Options{NoLocks: true})
 	}
-	if tx.order == nil {
-		tx.order = btree.NewBTreeGOptions(lessKey, btree.Options{NoLocks: true})
+	tx.pending.Set(w) // a key staged again replaces its earlier change
+}
+
+// staged calls fn for each staged change, in key order.
+func (tx *Tx) staged(fn func(w pendingWrite)) {
+	if tx.pending != nil {
+		tx.pending.Scan(func(w pendingWrite) bool { fn(w); return true })
 	}
-	tx.order.Set(w)
-	if i, ok := tx.staged[string(w.key)]; ok {
-		tx.pending[i] = w
-		return
-	}
-	tx.staged[string(w.key)] = len(tx.pending)
-	tx.pending = append(tx.pending, w)
 }
 
 func (tx *Tx) set(key, val []byte) { tx.stage(pendingWrite{key: key, val: val}) }
@@ -122,7 +119,7 @@ func (tx *Tx) scan(prefix, after []byte, reverse, values bool, fn func(key, val 
 	} else if reverse {
 		seek = append(append([]byte(nil), prefix...), 0xff, 0xff, 0xff, 0xff)
 	}
-	staged := tx.stagedIn(prefix, seek, after, reverse)
+	inWrite := tx.stagedIn(prefix, seek, after, reverse)
 	// before reports whether a comes first in the scan's direction.
 	before := func(a, b []byte) bool {
 		if reverse {
@@ -142,9 +139,9 @@ func (tx *Tx) scan(prefix, after []byte, reverse, values bool, fn func(key, val 
 		}
 		var k, v []byte
 		switch {
-		case len(staged) > 0 && (ik == nil || !before(ik, staged[0].key)):
-			w := staged[0]
-			staged = staged[1:]
+		case len(inWrite) > 0 && (ik == nil || !before(ik, inWrite[0].key)):
+			w := inWrite[0]
+			inWrite = inWrite[1:]
 			if ik != nil && bytes.Equal(ik, w.key) {
 				it.Next() // the staged change replaces the stored value
 			}
@@ -179,7 +176,7 @@ func (tx *Tx) scan(prefix, after []byte, reverse, values bool, fn func(key, val 
 // going forward, the last key <= seek in reverse), but not after itself.
 // A copy, so what the scan's callback stages does not change it.
 func (tx *Tx) stagedIn(prefix, seek, after []byte, reverse bool) []pendingWrite {
-	if tx.order == nil || tx.order.Len() == 0 {
+	if tx.pending == nil || tx.pending.Len() == 0 {
 		return nil // nothing staged (a read, or a write before its first change)
 	}
 	var out []pendingWrite
@@ -193,9 +190,9 @@ func (tx *Tx) stagedIn(prefix, seek, after []byte, reverse bool) []pendingWrite 
 		return true
 	}
 	if reverse {
-		tx.order.Descend(pendingWrite{key: seek}, visit)
+		tx.pending.Descend(pendingWrite{key: seek}, visit)
 	} else {
-		tx.order.Ascend(pendingWrite{key: seek}, visit)
+		tx.pending.Ascend(pendingWrite{key: seek}, visit)
 	}
 	return out
 }

@@ -473,7 +473,11 @@ func (f *fsm) applyBlob(tx *store.Tx, dossiers map[string]*dossierWork, index ui
 		if err != nil {
 			return Result{}, err
 		}
-		w.ops = append(w.ops, released[i])
+		// A dossier first read in this batch has it already: its ops,
+		// read after the release, include it.
+		if !slices.ContainsFunc(w.ops, func(o schema.Op) bool { return o.ID == released[i].ID }) {
+			w.ops = append(w.ops, released[i])
+		}
 		w.changed = true
 	}
 	return Result{Applied: len(released)}, nil
