@@ -253,6 +253,12 @@ func (n *Node) handleHealth(w http.ResponseWriter, r *http.Request) {
 		httpjson.WriteJSON(w, http.StatusServiceUnavailable, body)
 		return
 	}
+	if low := n.DiskLow(); low != nil {
+		// Not failed: it takes writes again by itself once space is freed.
+		body["status"], body["error"] = "disk_full", low.Error()
+		httpjson.WriteJSON(w, http.StatusServiceUnavailable, body)
+		return
+	}
 	httpjson.WriteJSON(w, http.StatusOK, body)
 }
 

@@ -52,6 +52,7 @@ func newMetrics(n *Node) *metrics {
 	m.reg.MustRegister(m.requests, m.latency, m.ops, m.commits, m.failures, m.batch, m.commitDur,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&dossierCollector{n: n}, &blobCollector{n: n})
+	m.reg.MustRegister(n.space.Collectors()...)
 	return m
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wardsync/wardsync/node/blobstore"
+	"github.com/wardsync/wardsync/node/diskspace"
 	"github.com/wardsync/wardsync/node/store"
 	"github.com/wardsync/wardsync/schema"
 )
@@ -44,12 +45,16 @@ type Config struct {
 	// MaxAttachmentBytes bounds one uploaded attachment (0:
 	// DefaultMaxAttachmentBytes; at most schema.MaxBlobSize).
 	MaxAttachmentBytes int64
+	// MinFreeDisk is the free space below which the node refuses writes
+	// (HTTP 503 disk_full) rather than fill its disk (0: never refuse).
+	MinFreeDisk uint64
 }
 
 // Node is an open ward node.
 type Node struct {
 	store    *store.Store
 	blobs    *blobstore.Store
+	space    *diskspace.Guard
 	id       store.Identity
 	catalog  *schema.Catalog
 	calendar *schema.Calendar
@@ -261,7 +266,8 @@ func Open(cfg Config) (*Node, error) {
 		return nil, &schema.FieldError{Field: "max-attachment",
 			Reason: fmt.Sprintf("%d bytes: must be from 1 to %d", cfg.MaxAttachmentBytes, int64(schema.MaxBlobSize))}
 	}
-	st, err := store.Open(store.Options{Dir: cfg.Dir, EncryptionKey: cfg.EncryptionKey, Logger: cfg.Logger, SkipLogCheck: cfg.SkipLogCheck})
+	space := diskspace.New(cfg.Dir, cfg.MinFreeDisk)
+	st, err := store.Open(store.Options{Dir: cfg.Dir, EncryptionKey: cfg.EncryptionKey, Logger: cfg.Logger, SkipLogCheck: cfg.SkipLogCheck, Space: space})
 	if err != nil {
 		return nil, err
 	}
@@ -287,13 +293,13 @@ func Open(cfg Config) (*Node, error) {
 	if id.Role == schema.PeerBackup {
 		log = cfg.Logger.With("node", id.Node, "role", id.Role)
 	}
-	blobs, err := blobstore.Open(blobstore.Options{Dir: filepath.Join(cfg.Dir, "blobs"), EncryptionKey: cfg.EncryptionKey, Logger: log, Now: cfg.Now})
+	blobs, err := blobstore.Open(blobstore.Options{Dir: filepath.Join(cfg.Dir, "blobs"), EncryptionKey: cfg.EncryptionKey, Logger: log, Now: cfg.Now, Space: space})
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
 	n := &Node{
-		store: st, blobs: blobs, id: id, catalog: cfg.Catalog, calendar: cfg.Calendar, wards: cfg.Wards,
+		store: st, blobs: blobs, space: space, id: id, catalog: cfg.Catalog, calendar: cfg.Calendar, wards: cfg.Wards,
 		clock: schema.NewClock(cfg.Now, floor, cfg.MaxDrift), now: cfg.Now,
 		log:           log,
 		entropy:       ulid.Monotonic(rand.Reader, 0),
@@ -351,6 +357,9 @@ func (n *Node) Catalog() *schema.Catalog { return n.catalog }
 
 // Healthy returns the store's sticky failure, if any.
 func (n *Node) Healthy() error { return n.store.Err() }
+
+// DiskLow is the *diskspace.LowError the node's writes get now, or nil.
+func (n *Node) DiskLow() error { return n.space.Check() }
 
 // newDossierID mints a ULID from the create op's HLC with monotonic
 // entropy. It runs inside the write, on the committer, so IDs increase in

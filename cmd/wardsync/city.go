@@ -60,6 +60,7 @@ func cityCommand() *cli.Command {
 					str("snapshot-interval", "how often to check whether to snapshot", "WARDSYNC_SNAPSHOT_INTERVAL", "2m"),
 					str("blob-repair-interval", "how often a member looks for stored attachments it lacks and fetches them from peers", "WARDSYNC_BLOB_REPAIR_INTERVAL", "30s"),
 					str("blob-gc-grace", "how long a blob no dossier refers to is kept before it is removed", "WARDSYNC_BLOB_GC_GRACE", "24h"),
+					minFreeDiskFlag,
 					proceduresFlag, wardsFlag, holidaysFlag, encKeyFlag, logLevelFlag, logFormatFlag},
 				Action: cityRun,
 			}),
@@ -171,7 +172,7 @@ func cityRun(c *cli.Context) error {
 		Bootstrap: boot, Catalog: ncfg.Catalog, Calendar: ncfg.Calendar, Wards: ncfg.Wards,
 		HeartbeatTimeout: hb, ElectionTimeout: el, LeaderLeaseTimeout: hb / 2,
 		SnapshotThreshold: uint64(c.Int("snapshot-threshold")), TrailingLogs: uint64(c.Int("trailing-logs")),
-		SnapshotInterval: si, EncryptionKey: ncfg.EncryptionKey,
+		SnapshotInterval: si, EncryptionKey: ncfg.EncryptionKey, MinFreeDisk: ncfg.MinFreeDisk,
 	})
 	if err != nil {
 		return err
@@ -187,7 +188,7 @@ func cityRun(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	bs, err := blobstore.Open(blobstore.Options{Dir: filepath.Join(c.String("data"), "blobs"), EncryptionKey: ncfg.EncryptionKey, Logger: log, RecoverDamage: true})
+	bs, err := blobstore.Open(blobstore.Options{Dir: filepath.Join(c.String("data"), "blobs"), EncryptionKey: ncfg.EncryptionKey, Logger: log, RecoverDamage: true, Space: cl.DiskSpace()})
 	if err != nil {
 		return fmt.Errorf("--data %s: %w", c.String("data"), err)
 	}

@@ -95,6 +95,11 @@ func TestCLIErrors(t *testing.T) {
 			want: []string{"--data /nonexistent/dir", "not initialized", "ward init"},
 		},
 		{
+			name: "run with a negative disk reserve",
+			args: []string{"ward", "run", "--data", inited, "--http", "127.0.0.1:0", "--min-free-disk", "-1"},
+			want: []string{"--min-free-disk -1", "must be 0"},
+		},
+		{
 			name: "init with an unknown ward",
 			args: []string{"ward", "init", "--data", filepath.Join(t.TempDir(), "x"), "--ward", "NOSUCHWARD", "--node", "n1"},
 			want: []string{"--ward", "NOSUCHWARD"},

@@ -44,7 +44,7 @@ func wardCommand() *cli.Command {
 					integer("max-attachment", "largest attachment upload, in `BYTES`", "WARDSYNC_MAX_ATTACHMENT", node.DefaultMaxAttachmentBytes),
 					str("link-timeout", "how long a silent link to the city is given before the ward declares it dead and reconnects", "WARDSYNC_LINK_TIMEOUT", "8s"),
 					integer("blob-bandwidth", "cap on this ward's attachment traffic to and from the city, in `BYTES` per second (0: none)", "WARDSYNC_BLOB_BANDWIDTH", 0),
-					clockOffsetFlag(),
+					clockOffsetFlag(), minFreeDiskFlag,
 					proceduresFlag, wardsFlag, holidaysFlag, encKeyFlag, logLevelFlag, logFormatFlag},
 				Action: wardRun,
 			}),
@@ -97,6 +97,15 @@ func wardCommand() *cli.Command {
 // wall clock (timestamps, receipt dates) off the machine's by a duration,
 // so fault tests (ops/chaos) can give a ward a skewed clock and make it
 // jump by restarting it with another offset. Never set it in production.
+// defaultMinFreeDisk is the free space a node keeps by default: room for
+// what badger may write at once (a 16 MiB memtable flushed as a table,
+// compactions, the start of a 128 MiB value log file) with margin.
+const defaultMinFreeDisk = 256 << 20
+
+var minFreeDiskFlag = integer("min-free-disk",
+	"refuse writes (HTTP 503 disk_full) while the data dir's disk has less than `BYTES` free, rather than fill it (0: never refuse)",
+	"WARDSYNC_MIN_FREE_DISK", defaultMinFreeDisk)
+
 func clockOffsetFlag() cli.Flag {
 	f := str("clock-offset", "for fault tests only: run the node's wall clock this `DURATION` ahead of the machine's (negative: behind)", "WARDSYNC_CLOCK_OFFSET", "").(*altsrc.StringFlag)
 	f.Hidden = true
@@ -163,6 +172,13 @@ func nodeConfig(c *cli.Context) (node.Config, error) {
 			return cfg, fmt.Errorf("--max-attachment %d: must be from 1 to %d bytes", v, schema.MaxBlobSize)
 		}
 		cfg.MaxAttachmentBytes = int64(v)
+	}
+	if has("min-free-disk") {
+		v := c.Int("min-free-disk")
+		if v < 0 {
+			return cfg, fmt.Errorf("--min-free-disk %d: must be 0 (never refuse) or a number of bytes", v)
+		}
+		cfg.MinFreeDisk = uint64(v)
 	}
 	if has("clock-offset") && c.String("clock-offset") != "" {
 		off, err := time.ParseDuration(c.String("clock-offset"))

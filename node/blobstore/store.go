@@ -17,6 +17,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
 
+	"github.com/wardsync/wardsync/node/diskspace"
 	"github.com/wardsync/wardsync/node/store"
 	"github.com/wardsync/wardsync/schema"
 )
@@ -55,17 +56,21 @@ type Options struct {
 	// member, whose every blob has copies on its peers. A ward may hold
 	// scans nobody else has, and refuses.
 	RecoverDamage bool
+	// Space, if set, refuses new chunks and manifests (a
+	// *diskspace.LowError) while the disk has less than its reserve free.
+	Space *diskspace.Guard
 }
 
 // Store is a node's blob database.
 type Store struct {
-	db   *badger.DB
-	dir  string
-	log  *slog.Logger
-	now  func() time.Time
-	quit chan struct{}
-	wg   sync.WaitGroup
-	once sync.Once
+	db    *badger.DB
+	dir   string
+	log   *slog.Logger
+	now   func() time.Time
+	space *diskspace.Guard
+	quit  chan struct{}
+	wg    sync.WaitGroup
+	once  sync.Once
 	// gcMu keeps GC out while chunks and manifests are written: GC holds
 	// it for writing from its first read to its last delete, so it never
 	// deletes a chunk that a manifest written meanwhile lists.
@@ -142,7 +147,7 @@ func Open(o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blobstore: open %s: %w", o.Dir, err)
 	}
-	s := &Store{db: db, dir: o.Dir, log: o.Logger, now: o.Now, quit: make(chan struct{})}
+	s := &Store{db: db, dir: o.Dir, log: o.Logger, now: o.Now, space: o.Space, quit: make(chan struct{})}
 	s.wg.Go(func() { store.GCValueLog(db, o.GCInterval, s.quit) })
 	return s, nil
 }
@@ -171,6 +176,9 @@ func (s *Store) putChunk(h [32]byte, data []byte) error {
 		return ErrBadChunk
 	}
 	if ok, err := s.HasChunk(h); err != nil || ok {
+		return err
+	}
+	if err := s.space.Check(); err != nil {
 		return err
 	}
 	return s.db.Update(func(txn *badger.Txn) error { return txn.Set(chunkKey(h), data) })
@@ -282,6 +290,9 @@ func (s *Store) putManifest(m *schema.Manifest) error {
 	if err := m.Validate(); err != nil {
 		return err
 	}
+	if err := s.space.Check(); err != nil {
+		return err
+	}
 	return s.db.Update(func(txn *badger.Txn) error {
 		return txn.Set(manifestKey(m.Hash), encodeManifest(m, s.now().UnixMilli()))
 	})
@@ -354,6 +365,10 @@ func (s *Store) Complete(h [32]byte) (bool, error) {
 func (s *Store) Import(ctx context.Context, r io.Reader, max int64) (schema.Manifest, error) {
 	if max <= 0 || max > schema.MaxBlobSize {
 		max = schema.MaxBlobSize
+	}
+	// Refuse before staging anything; each chunk asks again as it is stored.
+	if err := s.space.Check(); err != nil {
+		return schema.Manifest{}, err
 	}
 	buf := make([]byte, schema.ChunkSize)
 	// fill reads into buf[from:] until it is full or r ends; eof reports

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/wardsync/wardsync/node/diskspace"
 	"github.com/wardsync/wardsync/node/store"
 	"github.com/wardsync/wardsync/schema"
 )
@@ -80,6 +81,10 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error, log *slog.Log
 		status, body = http.StatusRequestEntityTooLarge, Error{Code: "too_large", Message: err.Error()}
 	case errors.Is(err, schema.ErrUnavailable):
 		status, body = http.StatusServiceUnavailable, Error{Code: "unavailable", Message: err.Error() + "; retry shortly"}
+	case errors.Is(err, diskspace.ErrLow):
+		// Refused before anything was written; the node carries on by
+		// itself once space is freed.
+		status, body = http.StatusServiceUnavailable, Error{Code: "disk_full", Message: err.Error() + ". Free space on the node's disk or call city IT."}
 	case errors.Is(err, store.ErrClosed), errors.Is(err, context.Canceled):
 		status, body = http.StatusServiceUnavailable, Error{Code: "unavailable", Message: "the server is shutting down"}
 	default:

@@ -16,6 +16,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
 
+	"github.com/wardsync/wardsync/node/diskspace"
 	"github.com/wardsync/wardsync/node/store/crashpoint"
 	"github.com/wardsync/wardsync/schema"
 )
@@ -50,6 +51,9 @@ type Options struct {
 	// init). Without it, a mistyped --data fails instead of starting an
 	// empty node.
 	Create bool
+	// Space, if set, refuses writes (with a *diskspace.LowError, not the
+	// sticky failure) while the disk has less than its reserve free.
+	Space *diskspace.Guard
 }
 
 // ErrNotInitialized is returned by Open for a directory with no store.
@@ -65,6 +69,7 @@ type Store struct {
 	closed atomic.Bool
 	once   sync.Once
 	max    int
+	space  *diskspace.Guard
 
 	// failed is sticky: after a commit fails, no write is accepted, since
 	// the disk state is no longer known to match what the node believes.
@@ -153,7 +158,7 @@ func Open(o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", o.Dir, err)
 	}
-	s := &Store{db: db, log: o.Logger, reqs: make(chan *request, 4*o.MaxBatch), quit: make(chan struct{}), max: o.MaxBatch}
+	s := &Store{db: db, log: o.Logger, reqs: make(chan *request, 4*o.MaxBatch), quit: make(chan struct{}), max: o.MaxBatch, space: o.Space}
 	if err := s.checkFormat(); err != nil {
 		db.Close()
 		return nil, err
@@ -323,6 +328,17 @@ func (s *Store) commitLoop() {
 func (s *Store) commit(batch []*request) {
 	start := time.Now()
 	if err := s.stickyErr(); err != nil {
+		for _, r := range batch {
+			r.err = err
+			close(r.done)
+		}
+		return
+	}
+	// One statfs per group commit, before anything is staged: a refused
+	// batch leaves nothing behind, and the next batch asks again, so writes
+	// resume once space is freed. (This is the one place every write of
+	// the store passes, pulls and background records included.)
+	if err := s.space.Check(); err != nil {
 		for _, r := range batch {
 			r.err = err
 			close(r.done)

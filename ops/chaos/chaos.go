@@ -600,7 +600,15 @@ func (d *driver) newMember(id string) (*member, error) {
 	return m, nil
 }
 
+// smallDiskReserve is --min-free-disk on the nodes with a small disk: the
+// default (256 MiB) is more than the whole disk. The faults fill the disk
+// at once, so the reserve's size matters less than that there is one.
+const smallDiskReserve = "16777216"
+
 func (d *driver) memberArgs(m *member, extra ...string) []string {
+	if m.disk != "" {
+		extra = append([]string{"--min-free-disk", smallDiskReserve}, extra...)
+	}
 	return append([]string{"city", "run", "--data", d.memberData(m.id), "--node", m.id,
 		"--quic", m.quic, "--advertise", m.proxy.Addr(), "--http", strings.TrimPrefix(m.p.url, "https://"),
 		"--tls", filepath.Join(d.tlsDir, m.id),
@@ -625,6 +633,9 @@ func (d *driver) officeArgs(o *office) []string {
 		"--link-timeout", "4s", "--log-level", "info")
 	if o.offset != 0 {
 		args = append(args, "--clock-offset", o.offset.String())
+	}
+	if o.disk != "" {
+		args = append(args, "--min-free-disk", smallDiskReserve)
 	}
 	return args
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wardsync/wardsync/node/diskspace"
 	"github.com/wardsync/wardsync/node/store"
 	"github.com/wardsync/wardsync/replication/cluster/raftlog"
 	"github.com/wardsync/wardsync/replication/transport"
@@ -59,6 +60,10 @@ type Config struct {
 	TrailingLogs       uint64        // default 10240
 	MaxBatch           int           // commands per Raft entry, default 512
 	EncryptionKey      []byte
+	// MinFreeDisk is the free space below which this member takes no new
+	// ops from wards and no blobs (0: never refuse). It cannot refuse what
+	// Raft replicates to it: a member must apply the log like its peers.
+	MinFreeDisk uint64
 }
 
 // Cluster is one running member of the city cluster.
@@ -68,6 +73,7 @@ type Cluster struct {
 	raft   *raft.Raft
 	logs   *raftlog.Store
 	st     *store.Store
+	space  *diskspace.Guard
 	layer  *streamLayer
 	trans  *raft.NetworkTransport
 	fsm    *fsm
@@ -174,7 +180,8 @@ func Open(cfg Config) (*Cluster, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, err
 	}
-	logs, err := raftlog.Open(raftlog.Options{Dir: filepath.Join(cfg.Dir, "raft"), Logger: log, EncryptionKey: cfg.EncryptionKey})
+	space := diskspace.New(cfg.Dir, cfg.MinFreeDisk)
+	logs, err := raftlog.Open(raftlog.Options{Dir: filepath.Join(cfg.Dir, "raft"), Logger: log, EncryptionKey: cfg.EncryptionKey, Space: space})
 	if err != nil {
 		return nil, cfg.rejoin(err)
 	}
@@ -191,9 +198,10 @@ func Open(cfg Config) (*Cluster, error) {
 		logs.Close()
 		return nil, err
 	}
-	c := &Cluster{cfg: cfg, log: log, logs: logs, st: st, props: make(chan *proposal, 4*cfg.MaxBatch),
+	c := &Cluster{cfg: cfg, log: log, logs: logs, st: st, space: space, props: make(chan *proposal, 4*cfg.MaxBatch),
 		quit: make(chan struct{}), entropy: ulid.Monotonic(rand.Reader, 0), protos: map[string]ProtoHandler{}, infos: map[string]func() ([]byte, error){}}
 	c.m = newMetrics(cfg.Registry, func() *raft.Raft { return c.raft })
+	cfg.Registry.MustRegister(c.space.Collectors()...)
 	c.hub = newChangeHub()
 	c.fsm = &fsm{st: st, log: log, m: c.m, notify: c.hub.notify, restored: c.hub.notifyAll}
 	var floor schema.HLC
@@ -336,6 +344,13 @@ func (c *Cluster) Close() error {
 
 // Store exposes the FSM's store for reads (and for the sync layer).
 func (c *Cluster) Store() *store.Store { return c.st }
+
+// DiskSpace is the guard of this member's data disk (--min-free-disk),
+// for the blob store beside it.
+func (c *Cluster) DiskSpace() *diskspace.Guard { return c.space }
+
+// DiskLow is the *diskspace.LowError new ward data gets here now, or nil.
+func (c *Cluster) DiskLow() error { return c.space.Check() }
 
 // Registry is the member's Prometheus registry.
 func (c *Cluster) Registry() *prometheus.Registry { return c.cfg.Registry }

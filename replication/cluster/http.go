@@ -117,6 +117,10 @@ func (c *Cluster) handleHealth(w http.ResponseWriter, r *http.Request) {
 		body["status"] = "no_leader"
 		status = http.StatusServiceUnavailable
 	}
+	if err := c.DiskLow(); err != nil {
+		body["status"], body["error"] = "disk_full", err.Error()
+		status = http.StatusServiceUnavailable
+	}
 	if err := c.st.Err(); err != nil {
 		body["status"], body["error"] = "storage_failed", err.Error()
 		status = http.StatusServiceUnavailable

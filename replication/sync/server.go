@@ -188,6 +188,11 @@ func (s *Server) push(ctx context.Context, conn *transport.Conn, st io.ReadWrite
 			}
 			continue
 		}
+		if err := s.c.DiskLow(); err != nil {
+			// The ward keeps its ops and pushes them again later.
+			s.refuse(st, peer, wire.CodeUnavailable, err.Error())
+			return
+		}
 		start := time.Now()
 		pctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		res, err := s.c.Propose(pctx, cluster.Command{Kind: cluster.KindOps, Ops: ops, Pusher: pusher})

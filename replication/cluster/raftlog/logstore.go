@@ -68,6 +68,9 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 	if len(logs) == 0 {
 		return nil
 	}
+	if err := s.space.Check(); err != nil {
+		return err
+	}
 	if err := s.acquire(); err != nil {
 		return err
 	}

@@ -30,6 +30,7 @@ import (
 	"github.com/dgraph-io/badger/v4/options"
 	"github.com/hashicorp/raft"
 
+	"github.com/wardsync/wardsync/node/diskspace"
 	"github.com/wardsync/wardsync/node/store"
 )
 
@@ -45,6 +46,14 @@ type Options struct {
 	// (AES, 16, 24 or 32 bytes). A store must always be reopened with the
 	// key it was created with.
 	EncryptionKey []byte
+	// Space, if set, makes StoreLogs refuse new entries (a
+	// *diskspace.LowError) while the disk has less than its reserve
+	// free. Raft treats that like any failed append: a follower answers
+	// the leader "not stored" and falls behind until there is room, a
+	// leader steps down. Both beat dying of SIGBUS in a mapped badger
+	// file when the disk fills. The stable store (term, vote) is not
+	// guarded: raft panics if it cannot save them, and they are tiny.
+	Space *diskspace.Guard
 }
 
 var (
@@ -87,8 +96,9 @@ var formatKey = []byte{prefixMeta, 'f', 'o', 'r', 'm', 'a', 't'}
 // Store is a raft.LogStore and raft.StableStore on badger. It is safe for
 // concurrent use.
 type Store struct {
-	db  *badger.DB
-	log *slog.Logger
+	db    *badger.DB
+	log   *slog.Logger
+	space *diskspace.Guard
 
 	// life is read-held by every badger operation and write-held by
 	// Close, so Close never races a transaction.
@@ -174,6 +184,7 @@ func Open(o Options) (*Store, error) {
 	s := &Store{
 		db:     db,
 		log:    logger,
+		space:  o.Space,
 		stopGC: make(chan struct{}),
 		gcDone: make(chan struct{}),
 	}
