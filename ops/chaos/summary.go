@@ -95,11 +95,14 @@ type Campaign struct {
 	AckedByKind     map[string]int
 	DiskFullAcks    int
 	DiskFullErrors  int
-	LeaseOps        int
-	Violations      int
-	HarnessErrors   int
-	FailingSeeds    []uint64
-	Took            time.Duration // the runs' times added up
+	// DiskFullCrashes counts full nodes that died (SIGBUS) instead of
+	// refusing; DiskFullRestarts those whose storage failed for good.
+	DiskFullCrashes, DiskFullRestarts int
+	LeaseOps                          int
+	Violations                        int
+	HarnessErrors                     int
+	FailingSeeds                      []uint64
+	Took                              time.Duration // the runs' times added up
 	// Wall and Parallel, when set: the campaign's own time, with Parallel
 	// runs going on at a time.
 	Wall     time.Duration
@@ -131,6 +134,8 @@ func (c *Campaign) Add(s Summary) {
 	c.Unknown += s.Unknown
 	c.DiskFullAcks += s.DiskFullAcks
 	c.DiskFullErrors += s.DiskFullErrors
+	c.DiskFullCrashes += s.DiskFullCrashes
+	c.DiskFullRestarts += s.DiskFullRestarts
 	c.LeaseOps += s.LeaseOps
 	c.Violations += len(s.Violations)
 	if s.HarnessError != "" {
@@ -167,6 +172,8 @@ func (c *Campaign) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "  dossiers acknowledged\t%d\n", c.Dossiers)
 	fmt.Fprintf(tw, "writes refused / failed / unknown\t%d / %d / %d\n", c.Refused, c.Failed, c.Unknown)
 	fmt.Fprintf(tw, "disk full: acknowledged / refused\t%d / %d\n", c.DiskFullAcks, c.DiskFullErrors)
+	fmt.Fprintf(tw, "disk full: node crashed / storage failed\t%d / %d (of %d disk-full faults)\n",
+		c.DiskFullCrashes, c.DiskFullRestarts, c.Faults[KindDiskFullWard]+c.Faults[KindDiskFullMember])
 	fmt.Fprintf(tw, "lease operations checked\t%d\n", c.LeaseOps)
 	fmt.Fprintf(tw, "violations\t%d\n", c.Violations)
 	fmt.Fprintf(tw, "runs not carried out\t%d\n", c.HarnessErrors)
