@@ -2,11 +2,13 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestWardRefusesWritesBelowItsDiskReserve runs a real node whose reserve
@@ -83,4 +85,94 @@ func TestWardRefusesWritesBelowItsDiskReserve(t *testing.T) {
 		t.Fatalf("after one create: %d dossiers listed", n)
 	}
 	node.stop()
+}
+
+// TestWardShortOfDiskStillPushes: a ward whose disk is below its reserve
+// refuses new writes but still sends the city the ops it took while it had
+// room — getting them off a failing machine is what matters then — and a
+// portal submission for it waits at the city until the ward has room, then
+// arrives.
+func TestWardShortOfDiskStillPushes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	ids := []string{"c1", "c2", "c3"}
+	e := newCityEnv(t, ids...)
+	a := e.initWard("wa", testWard(t))
+	boot := e.bootstrapSpec(ids...)
+	for _, id := range ids {
+		e.start(id, "--bootstrap", boot)
+	}
+	e.waitLeader("c1", "")
+
+	// Offline, with room: the clerk takes 20 dossiers.
+	a.proc = startNode(t, exec.Command(wardsyncBin(t), "ward", "run", "--data", a.dir, "--http", "127.0.0.1:0"))
+	a.api = newAPI(a.proc.url, a.token)
+	var created []string
+	for i := range 20 {
+		var d syncedDossier
+		json.Unmarshal(a.must(t, "POST", "/v1/dossiers", map[string]any{"procedure": "certified-copy",
+			"applicant": map[string]string{"name": fmt.Sprintf("Người %d", i), "id_number": fmt.Sprintf("%012d", 79_200_000_000+i)}}, 201), &d)
+		created = append(created, d.ID)
+	}
+	a.proc.stop()
+
+	// Now below its reserve, and linked to the city.
+	a.proc = startNode(t, exec.Command(wardsyncBin(t), "ward", "run", "--data", a.dir, "--http", "127.0.0.1:0",
+		"--city", e.cityQUIC(ids...), "--tls", filepath.Join(e.dir, "tls", a.id), "--quic", "127.0.0.1:0",
+		"--min-free-disk", "4611686018427387904"))
+	a.api = newAPI(a.proc.url, a.token)
+	a.must(t, "POST", "/v1/dossiers", map[string]any{"procedure": "certified-copy",
+		"applicant": map[string]string{"name": "Người mới", "id_number": "079299999999"}}, http.StatusServiceUnavailable)
+	var st struct {
+		Connected   bool   `json:"connected"`
+		OutboxDepth uint64 `json:"outbox_depth"`
+		LastError   string `json:"last_error"`
+	}
+	eventually(t, "the full ward's outbox drained", 60*time.Second, func() error {
+		json.Unmarshal(a.must(t, "GET", "/v1/sync/status", nil, 200), &st)
+		if !st.Connected || st.OutboxDepth != 0 {
+			return fmt.Errorf("status %+v", st)
+		}
+		return nil
+	})
+	for _, id := range created {
+		for _, m := range ids {
+			eventually(t, "dossier "+id+" on "+m, 30*time.Second, func() error {
+				if _, ok := e.cityDossier(m, id); !ok {
+					return fmt.Errorf("not on %s", m)
+				}
+				return nil
+			})
+		}
+	}
+
+	pd, err := e.submit("c2", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the ward says its pull waits for disk space", 30*time.Second, func() error {
+		json.Unmarshal(a.must(t, "GET", "/v1/sync/status", nil, 200), &st)
+		if !strings.Contains(st.LastError, "waits for disk space") {
+			return fmt.Errorf("status %+v", st)
+		}
+		return nil
+	})
+	// On loopback the page reaches the ward in milliseconds: 3 s without
+	// the dossier is the ward refusing it, not the city being slow.
+	for range 15 {
+		if _, ok := a.get(t, pd.ID); ok {
+			t.Fatalf("portal dossier %s stored on a ward below its disk reserve", pd.ID)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	a.proc.stop()
+
+	e.runWard(a, e.cityQUIC(ids...)) // the default reserve: room again
+	eventually(t, "the portal dossier reaches the ward", 60*time.Second, func() error {
+		if _, ok := a.get(t, pd.ID); !ok {
+			return fmt.Errorf("%s not on the ward", pd.ID)
+		}
+		return nil
+	})
 }

@@ -69,7 +69,7 @@ func startSync(c *cli.Context, n *node.Node, log *slog.Logger, city string) (fun
 		return nil, err
 	}
 	bw, err := blob.NewWard(blob.WardConfig{Node: n, Endpoint: ep, City: addrs, Ward: wards[0], Logger: log, Registry: n.Registry(),
-		BytesPerSecond: int64(c.Int("blob-bandwidth")), MetadataPending: cl.Unacked})
+		BytesPerSecond: int64(c.Int("blob-bandwidth")), MetadataPending: cl.Unacked, PushAcked: cl.PushAcked})
 	if err != nil {
 		ep.Close()
 		return nil, err

@@ -93,19 +93,21 @@ func wardCommand() *cli.Command {
 	}
 }
 
-// clockOffsetFlag is --clock-offset, hidden from --help: it runs the node's
-// wall clock (timestamps, receipt dates) off the machine's by a duration,
-// so fault tests (ops/chaos) can give a ward a skewed clock and make it
-// jump by restarting it with another offset. Never set it in production.
-// defaultMinFreeDisk is the free space a node keeps by default: room for
-// what badger may write at once (a 16 MiB memtable flushed as a table,
-// compactions, the start of a 128 MiB value log file) with margin.
+// defaultMinFreeDisk is the free space a node keeps by default. The guard
+// asks before every commit, so it covers what badger may write between
+// two asks (a group commit, a 16 or 64 MiB memtable flushed to a table, a
+// compaction), with margin; not a whole value-log file, which badger maps
+// at full size but fills as it goes.
 const defaultMinFreeDisk = 256 << 20
 
 var minFreeDiskFlag = integer("min-free-disk",
 	"refuse writes (HTTP 503 disk_full) while the data dir's disk has less than `BYTES` free, rather than fill it (0: never refuse)",
 	"WARDSYNC_MIN_FREE_DISK", defaultMinFreeDisk)
 
+// clockOffsetFlag is --clock-offset, hidden from --help: it runs the node's
+// wall clock (timestamps, receipt dates) off the machine's by a duration,
+// so fault tests (ops/chaos) can give a ward a skewed clock and make it
+// jump by restarting it with another offset. Never set it in production.
 func clockOffsetFlag() cli.Flag {
 	f := str("clock-offset", "for fault tests only: run the node's wall clock this `DURATION` ahead of the machine's (negative: behind)", "WARDSYNC_CLOCK_OFFSET", "").(*altsrc.StringFlag)
 	f.Hidden = true

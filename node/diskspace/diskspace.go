@@ -28,9 +28,14 @@ var ErrLow = errors.New("disk nearly full")
 type LowError struct {
 	Dir       string
 	Free, Min uint64
+	Need      uint64 // what the refused write needed besides the reserve
 }
 
 func (e *LowError) Error() string {
+	if e.Need > 0 {
+		return fmt.Sprintf("disk nearly full: %s has %s free, less than the %s a write of about %s needs besides the %s the node keeps free (--min-free-disk); nothing was saved",
+			e.Dir, Bytes(e.Free), Bytes(e.Min+e.Need), Bytes(e.Need), Bytes(e.Min))
+	}
 	return fmt.Sprintf("disk nearly full: %s has %s free, less than the %s the node keeps free (--min-free-disk); nothing was saved",
 		e.Dir, Bytes(e.Free), Bytes(e.Min))
 }
@@ -77,15 +82,19 @@ func (g *Guard) Free() (uint64, error) {
 // a node takes writes again as soon as space is freed. If the file system
 // cannot be asked, Check lets the write go on: the guard is a precaution,
 // and a failing statfs is no reason to stop an office.
-func (g *Guard) Check() error {
+func (g *Guard) Check() error { return g.CheckFor(0) }
+
+// CheckFor is Check for a write known to need about n bytes (a snapshot):
+// it refuses unless the reserve is left once they are written.
+func (g *Guard) CheckFor(n uint64) error {
 	if g == nil || g.min == 0 {
 		return nil
 	}
 	free, err := g.free(g.dir)
-	if err != nil || free >= g.min {
+	if err != nil || free >= g.min+n {
 		return nil
 	}
-	return &LowError{Dir: g.dir, Free: free, Min: g.min}
+	return &LowError{Dir: g.dir, Free: free, Min: g.min, Need: n}
 }
 
 // Free is the space an unprivileged process may use on the file system
@@ -96,7 +105,13 @@ func Free(dir string) (uint64, error) {
 	if err := syscall.Statfs(dir, &st); err != nil {
 		return 0, fmt.Errorf("statfs %s: %w", dir, err)
 	}
-	return st.Bavail * uint64(st.Bsize), nil
+	// f_bavail counts fragments (f_frsize); most file systems make them
+	// the block size, but not all.
+	unit := uint64(st.Frsize)
+	if unit == 0 {
+		unit = uint64(st.Bsize)
+	}
+	return st.Bavail * unit, nil
 }
 
 // Bytes formats n for people: "512 B", "64.0 MiB", "1.5 GiB".
@@ -106,11 +121,11 @@ func Bytes(n uint64) string {
 		return fmt.Sprintf("%d B", n)
 	}
 	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
 		div *= unit
 		exp++
 	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // Collectors are the guard's gauges, read at scrape time: the free space

@@ -73,3 +73,14 @@ func TestBytes(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkCheck is the guard's cost: one statfs, paid once per group
+// commit (next to an fsync of a millisecond or more) and per blob chunk.
+func BenchmarkCheck(b *testing.B) {
+	g := New(b.TempDir(), 256<<20)
+	for b.Loop() {
+		if err := g.Check(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -334,16 +334,20 @@ func (s *Store) commit(batch []*request) {
 		}
 		return
 	}
-	// One statfs per group commit, before anything is staged: a refused
-	// batch leaves nothing behind, and the next batch asks again, so writes
-	// resume once space is freed. (This is the one place every write of
-	// the store passes, pulls and background records included.)
-	if err := s.space.Check(); err != nil {
-		for _, r := range batch {
-			r.err = err
-			close(r.done)
+	// The disk reserve: at most one statfs per group commit, asked when
+	// the first request that stages something is reached. A refused
+	// request leaves nothing behind; one that stages nothing (a lease
+	// that did not change, pulled ops already held) goes through, and
+	// the next batch asks again, so writes resume once space is freed.
+	// (This is the one place every write of the store passes, pulls and
+	// background records included.)
+	var low error
+	lowChecked := false
+	diskLow := func() error {
+		if !lowChecked {
+			low, lowChecked = s.space.Check(), true
 		}
-		return
+		return low
 	}
 	// Stay well under badger's limits, estimating each entry generously.
 	maxSize, maxCount := s.db.MaxBatchSize()*9/10, s.db.MaxBatchCount()*9/10
@@ -390,6 +394,10 @@ func (s *Store) commit(batch []*request) {
 		})
 		if rs > maxSize || rc > maxCount {
 			r.err = fmt.Errorf("%w: one write of %d entries and ~%d bytes exceeds the store's transaction limit", schema.ErrTooLarge, rc, rs)
+			continue
+		}
+		if rc > 0 && diskLow() != nil {
+			r.err = low
 			continue
 		}
 		if size+rs > maxSize || count+rc > maxCount {

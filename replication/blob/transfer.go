@@ -227,7 +227,7 @@ func receive(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobstore.Sto
 	// The manifest first: a partial blob is then known (Missing works on
 	// resume, and GC's grace period counts from now).
 	if err := bs.PutManifest(m); err != nil {
-		wire.SendError(w, wire.CodeInternal, "cannot store the manifest")
+		wire.SendError(w, wire.CodeFor(err), "cannot store the manifest: "+err.Error())
 		return err
 	}
 	missing, err := bs.Missing(m)
@@ -392,7 +392,7 @@ func receiveChunks(ctx context.Context, w io.Writer, r *wire.Reader, bs *blobsto
 				continue
 			}
 			if res.err != nil {
-				return fail(wire.CodeInternal, fmt.Errorf("cannot store the chunk: %w", res.err))
+				return fail(wire.CodeFor(res.err), fmt.Errorf("cannot store the chunk: %w", res.err))
 			}
 			delete(wanted, res.index)
 			if o.Received != nil {

@@ -36,9 +36,14 @@ type WardConfig struct {
 	// has not acknowledged yet; blob chunks wait while it does (for at
 	// most MetadataWait per chunk), so scans never slow a status change.
 	MetadataPending func() bool
-	MetadataWait    time.Duration // default 2s
-	MinBackoff      time.Duration // default 200ms
-	MaxBackoff      time.Duration // default 15s
+	// PushAcked, if set, is the sync client's acknowledged mark, which runs
+	// ahead of the stored one while the disk is below its reserve (the
+	// push goes on, the mark is not stored): a scan whose attach op the
+	// city holds goes up either way.
+	PushAcked    func() uint64
+	MetadataWait time.Duration // default 2s
+	MinBackoff   time.Duration // default 200ms
+	MaxBackoff   time.Duration // default 15s
 }
 
 // Ward uploads the blobs of the node's own attach ops, fetches the blobs
@@ -326,6 +331,9 @@ func (w *Ward) uploads(ctx context.Context, conn *transport.Conn) error {
 			}
 			if acked, err = tx.PushAcked(); err != nil {
 				return err
+			}
+			if w.cfg.PushAcked != nil {
+				acked = max(acked, w.cfg.PushAcked())
 			}
 			for _, h := range pending {
 				// Metadata first: a blob goes up once the city holds the

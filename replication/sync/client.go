@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wardsync/wardsync/node"
+	"github.com/wardsync/wardsync/node/diskspace"
 	"github.com/wardsync/wardsync/node/store"
 	"github.com/wardsync/wardsync/replication/transport"
 	"github.com/wardsync/wardsync/replication/wire"
@@ -363,10 +364,14 @@ func (c *Client) outbox(after uint64) ([]schema.Op, error) {
 	return ops, err
 }
 
-// acknowledge records the city's high-water mark durably.
+// acknowledge records the city's high-water mark durably. On a disk below
+// its reserve it is kept in memory only: the mark is a progress report
+// (each push starts from the city's own answer), and stopping the push
+// for it would keep a full office's ops off the city just when they
+// should leave the machine.
 func (c *Client) acknowledge(ctx context.Context, seq uint64) error {
 	err := c.cfg.Node.Store().Write(ctx, func(tx *store.Tx) error { return tx.SetPushAcked(seq) })
-	if err != nil {
+	if err != nil && !errors.Is(err, diskspace.ErrLow) {
 		return err
 	}
 	c.mu.Lock()
@@ -377,6 +382,36 @@ func (c *Client) acknowledge(ctx context.Context, seq uint64) error {
 	c.mu.Unlock()
 	c.m.pushAcked.Set(float64(seq))
 	return nil
+}
+
+// whileDiskLow runs apply, again every second while the node refuses it
+// for want of disk space: the pull waits with what it received in hand
+// (the city's stream waits too) rather than end the session, and the
+// push with it, which must go on getting the node's ops off the machine.
+func (c *Client) whileDiskLow(ctx context.Context, ward string, apply func() error) error {
+	var waiting string
+	for {
+		err := apply()
+		if !errors.Is(err, diskspace.ErrLow) {
+			if waiting != "" {
+				c.mu.Lock()
+				if c.lastErr == waiting {
+					c.lastErr = "" // it waited, and got through
+				}
+				c.mu.Unlock()
+			}
+			return err
+		}
+		waiting = fmt.Sprintf("pull %s waits for disk space: %v", ward, err)
+		c.mu.Lock()
+		c.lastErr = waiting
+		c.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 func (c *Client) pull(ctx context.Context, conn *transport.Conn, ward string) error {
@@ -395,7 +430,11 @@ func (c *Client) pull(ctx context.Context, conn *transport.Conn, ward string) er
 		}
 		switch m := msg.(type) {
 		case *wire.ChangesPage:
-			n, err := c.applyPage(ctx, ward, m.Ops, since, m.Index)
+			var n int
+			err := c.whileDiskLow(ctx, ward, func() (err error) {
+				n, err = c.applyPage(ctx, ward, m.Ops, since, m.Index)
+				return err
+			})
 			if err != nil {
 				return err
 			}
@@ -411,7 +450,7 @@ func (c *Client) pull(ctx context.Context, conn *transport.Conn, ward string) er
 			wp.cursor, c.lastPull = max(wp.cursor, m.Index), time.Now().UTC()
 			c.mu.Unlock()
 		case *wire.LeaseInfo:
-			if err := c.takeLease(ctx, conn, ward, m); err != nil {
+			if err := c.whileDiskLow(ctx, ward, func() error { return c.takeLease(ctx, conn, ward, m) }); err != nil {
 				return err
 			}
 		case *wire.Error:
@@ -545,6 +584,15 @@ func (c *Client) applyPage(ctx context.Context, ward string, ops []schema.Op, cu
 		return a + b, err
 	}
 	return n, err
+}
+
+// PushAcked is the highest seq of this node's ops the city has
+// acknowledged, as this client knows it: ahead of the stored mark while
+// the disk is too low to store it.
+func (c *Client) PushAcked() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.acked
 }
 
 // Unacked reports whether the node has ops the city has not acknowledged:

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"unicode/utf8"
 
+	"github.com/wardsync/wardsync/node/diskspace"
 	"github.com/wardsync/wardsync/schema"
 )
 
@@ -202,6 +203,8 @@ func CodeFor(err error) string {
 		return CodeNotFound
 	case errors.Is(err, schema.ErrConflict):
 		return CodeConflict
+	case errors.Is(err, diskspace.ErrLow):
+		return CodeUnavailable // nothing stored; the sender tries again later
 	}
 	return CodeInternal
 }

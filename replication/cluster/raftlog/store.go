@@ -109,7 +109,10 @@ type Store struct {
 	// first/last indexes are always those of the committed log.
 	wmu   sync.Mutex
 	first atomic.Uint64 // 0 when the log is empty
-	last  atomic.Uint64 // 0 when the log is empty
+	// truncated: the log's tail was just dropped (guarded by wmu); the
+	// next StoreLogs skips the disk reserve check.
+	truncated bool
+	last      atomic.Uint64 // 0 when the log is empty
 
 	// vmu guards the staged LastVoteTerm (see stable.go).
 	vmu             sync.Mutex
