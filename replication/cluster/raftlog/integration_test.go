@@ -137,6 +137,36 @@ type testCluster struct {
 	nodes []*testNode
 }
 
+// startTestCluster bootstraps and starts 3 members, shut down at cleanup
+// (raft's logs printed if the test failed). With fakeDisk each member's
+// log store sees the free space in its node's free (1 GiB to begin with).
+func startTestCluster(t *testing.T, fakeDisk bool) *testCluster {
+	c := &testCluster{t: t, logs: &syncBuffer{}}
+	for i := range 3 {
+		n := &testNode{id: raft.ServerID(fmt.Sprintf("c%d", i+1)), addr: raft.NewInmemAddr(), dir: t.TempDir()}
+		if fakeDisk {
+			n.free = &atomic.Uint64{}
+			n.free.Store(1 << 30)
+		}
+		c.nodes = append(c.nodes, n)
+	}
+	t.Cleanup(func() {
+		for _, n := range c.nodes {
+			if n.raft != nil {
+				n.raft.Shutdown().Error()
+				n.store.Close()
+			}
+		}
+		if t.Failed() {
+			t.Logf("raft logs:\n%s", c.logs.String())
+		}
+	})
+	for _, n := range c.nodes {
+		c.start(n, true)
+	}
+	return c
+}
+
 func (c *testCluster) config(id raft.ServerID) *raft.Config {
 	conf := raft.DefaultConfig()
 	conf.LocalID = id
@@ -359,28 +389,7 @@ func TestRaftClusterOnStore(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-member raft cluster")
 	}
-	c := &testCluster{t: t, logs: &syncBuffer{}}
-	for i := range 3 {
-		c.nodes = append(c.nodes, &testNode{
-			id:   raft.ServerID(fmt.Sprintf("c%d", i+1)),
-			addr: raft.NewInmemAddr(),
-			dir:  t.TempDir(),
-		})
-	}
-	t.Cleanup(func() {
-		for _, n := range c.nodes {
-			if n.raft != nil {
-				n.raft.Shutdown().Error()
-				n.store.Close()
-			}
-		}
-		if t.Failed() {
-			t.Logf("raft logs:\n%s", c.logs.String())
-		}
-	})
-	for _, n := range c.nodes {
-		c.start(n, true)
-	}
+	c := startTestCluster(t, false)
 
 	// 1. 200 commands reach everyone.
 	c.apply(200, 0)
@@ -455,26 +464,7 @@ func TestRaftMemberShortOfDisk(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-member raft cluster")
 	}
-	c := &testCluster{t: t, logs: &syncBuffer{}}
-	for i := range 3 {
-		free := &atomic.Uint64{}
-		free.Store(1 << 30)
-		c.nodes = append(c.nodes, &testNode{free: free, id: raft.ServerID(fmt.Sprintf("c%d", i+1)), addr: raft.NewInmemAddr(), dir: t.TempDir()})
-	}
-	t.Cleanup(func() {
-		for _, n := range c.nodes {
-			if n.raft != nil {
-				n.raft.Shutdown().Error()
-				n.store.Close()
-			}
-		}
-		if t.Failed() {
-			t.Logf("raft logs:\n%s", c.logs.String())
-		}
-	})
-	for _, n := range c.nodes {
-		c.start(n, true)
-	}
+	c := startTestCluster(t, true)
 	c.apply(50, 0)
 	c.converged(50)
 
