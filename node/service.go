@@ -146,6 +146,10 @@ func (n *Node) appendOp(tx *store.Tx, who store.Official, d *schema.Dossier, kin
 	if err != nil {
 		return schema.Op{}, err
 	}
+	// The op is appended to d's state below (Apply), not folded in with
+	// d's other ops: that is the order every other replica's Fold gives
+	// only if the op is stamped after every op d holds.
+	n.clock.Observe(d.LastHLC)
 	op := schema.Op{
 		ID: schema.OpID{Origin: n.id.Node, Seq: 1}, Ward: d.Ward, Dossier: d.ID, HLC: n.clock.Now(),
 		Actor: actorOf(who), Kind: kind, Epoch: epoch, Body: raw,

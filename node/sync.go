@@ -55,15 +55,23 @@ func (n *Node) ApplyPulled(ctx context.Context, ward string, ops []schema.Op, cu
 	}
 	var applied int
 	err := n.store.Write(ctx, func(tx *store.Tx) error {
+		// The clock sees the pulled ops here, on the committer, before any
+		// later write function runs (in this batch or the next): a local
+		// op is stamped after them, so appending it to the dossier is the
+		// order every replica's Fold sorts it into. Observed only after
+		// the commit returned, a clerk's op written meanwhile could be
+		// stamped before a pulled op already in its dossier, appended
+		// after it here and sorted before it everywhere else: the
+		// replicas would disagree for good (chaos seed 9100031).
+		for i := range ops {
+			n.clock.Observe(ops[i].HLC)
+		}
 		var err error
 		applied, err = tx.ApplyPulled(ward, ops, cursor)
 		return err
 	})
 	if err != nil {
 		return 0, err
-	}
-	for i := range ops {
-		n.clock.Observe(ops[i].HLC)
 	}
 	return applied, nil
 }
