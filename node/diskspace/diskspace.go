@@ -28,14 +28,9 @@ var ErrLow = errors.New("disk nearly full")
 type LowError struct {
 	Dir       string
 	Free, Min uint64
-	Need      uint64 // what the refused write needed besides the reserve
 }
 
 func (e *LowError) Error() string {
-	if e.Need > 0 {
-		return fmt.Sprintf("disk nearly full: %s has %s free, less than the %s a write of about %s needs besides the %s the node keeps free (--min-free-disk); nothing was saved",
-			e.Dir, Bytes(e.Free), Bytes(e.Min+e.Need), Bytes(e.Need), Bytes(e.Min))
-	}
 	return fmt.Sprintf("disk nearly full: %s has %s free, less than the %s the node keeps free (--min-free-disk); nothing was saved",
 		e.Dir, Bytes(e.Free), Bytes(e.Min))
 }
@@ -82,19 +77,15 @@ func (g *Guard) Free() (uint64, error) {
 // a node takes writes again as soon as space is freed. If the file system
 // cannot be asked, Check lets the write go on: the guard is a precaution,
 // and a failing statfs is no reason to stop an office.
-func (g *Guard) Check() error { return g.CheckFor(0) }
-
-// CheckFor is Check for a write known to need about n bytes (a snapshot):
-// it refuses unless the reserve is left once they are written.
-func (g *Guard) CheckFor(n uint64) error {
+func (g *Guard) Check() error {
 	if g == nil || g.min == 0 {
 		return nil
 	}
 	free, err := g.free(g.dir)
-	if err != nil || free >= g.min+n {
+	if err != nil || free >= g.min {
 		return nil
 	}
-	return &LowError{Dir: g.dir, Free: free, Min: g.min, Need: n}
+	return &LowError{Dir: g.dir, Free: free, Min: g.min}
 }
 
 // Free is the space an unprivileged process may use on the file system

@@ -11,7 +11,6 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/wardsync/wardsync/node/diskspace"
 	"github.com/wardsync/wardsync/node/store"
 	"github.com/wardsync/wardsync/schema"
 )
@@ -209,7 +208,7 @@ func (c *Cluster) LeaseHistory(ctx context.Context, ward string) ([]schema.Lease
 // it is applied.
 func (c *Cluster) barrierRead(read func(tx *store.Tx) (any, error)) ([]byte, error) {
 	if err := c.raft.Barrier(10 * time.Second).Error(); err != nil {
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, diskspace.ErrLow) {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
 			return nil, fmt.Errorf("%w: %v", ErrNotLeader, err) // onLeader asks the new leader
 		}
 		return nil, err

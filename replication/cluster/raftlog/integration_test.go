@@ -9,14 +9,11 @@ import (
 	"io"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-
-	"github.com/wardsync/wardsync/node/diskspace"
 )
 
 // countFSM counts distinct commands (a command retried after a leadership
@@ -119,9 +116,6 @@ func (s *syncBuffer) String() string {
 }
 
 type testNode struct {
-	// free, when set, is the free space the node's log store sees (its
-	// reserve is 64 MiB): tests fill a member's disk without root.
-	free  *atomic.Uint64
 	id    raft.ServerID
 	addr  raft.ServerAddress
 	dir   string
@@ -138,17 +132,11 @@ type testCluster struct {
 }
 
 // startTestCluster bootstraps and starts 3 members, shut down at cleanup
-// (raft's logs printed if the test failed). With fakeDisk each member's
-// log store sees the free space in its node's free (1 GiB to begin with).
-func startTestCluster(t *testing.T, fakeDisk bool) *testCluster {
+// (raft's logs printed if the test failed).
+func startTestCluster(t *testing.T) *testCluster {
 	c := &testCluster{t: t, logs: &syncBuffer{}}
 	for i := range 3 {
-		n := &testNode{id: raft.ServerID(fmt.Sprintf("c%d", i+1)), addr: raft.NewInmemAddr(), dir: t.TempDir()}
-		if fakeDisk {
-			n.free = &atomic.Uint64{}
-			n.free.Store(1 << 30)
-		}
-		c.nodes = append(c.nodes, n)
+		c.nodes = append(c.nodes, &testNode{id: raft.ServerID(fmt.Sprintf("c%d", i+1)), addr: raft.NewInmemAddr(), dir: t.TempDir()})
 	}
 	t.Cleanup(func() {
 		for _, n := range c.nodes {
@@ -189,15 +177,7 @@ func (c *testCluster) config(id raft.ServerID) *raft.Config {
 func (c *testCluster) start(n *testNode, bootstrap bool) {
 	t := c.t
 	t.Helper()
-	if n.free != nil {
-		guard := diskspace.New(n.dir, 64<<20).WithFree(func(string) (uint64, error) { return n.free.Load(), nil })
-		var err error
-		if n.store, err = Open(Options{Dir: filepath.Join(n.dir, "raftlog"), Logger: quietLogger(), Space: guard}); err != nil {
-			t.Fatal(err)
-		}
-	} else {
-		n.store = openStore(t, filepath.Join(n.dir, "raftlog"))
-	}
+	n.store = openStore(t, filepath.Join(n.dir, "raftlog"))
 	snaps, err := raft.NewFileSnapshotStore(filepath.Join(n.dir, "snapshots"), 2, c.logs)
 	if err != nil {
 		t.Fatal(err)
@@ -274,10 +254,7 @@ func (c *testCluster) leader() *testNode {
 // the (new) leader again.
 func retryable(err error) bool {
 	return errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrNotLeader) ||
-		errors.Is(err, raft.ErrLeadershipTransferInProgress) || errors.Is(err, raft.ErrEnqueueTimeout) ||
-		// A leader short of disk refused to store the entries (so they
-		// were never replicated) and stepped down.
-		errors.Is(err, diskspace.ErrLow)
+		errors.Is(err, raft.ErrLeadershipTransferInProgress) || errors.Is(err, raft.ErrEnqueueTimeout)
 }
 
 // apply commits commands from..from+n-1 through the leader, checking every
@@ -389,7 +366,7 @@ func TestRaftClusterOnStore(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-member raft cluster")
 	}
-	c := startTestCluster(t, false)
+	c := startTestCluster(t)
 
 	// 1. 200 commands reach everyone.
 	c.apply(200, 0)
@@ -450,66 +427,5 @@ func TestRaftClusterOnStore(t *testing.T) {
 		last, _ := n.store.LastIndex()
 		checkBounds(t, n.store, first, last)
 		t.Logf("%s: log [%d, %d], state %s", n.id, first, last, n.raft.State())
-	}
-}
-
-// TestRaftMemberShortOfDisk: a member whose disk falls below its reserve
-// stores no more log entries, and raft copes as with any failed append
-// instead of the member dying of SIGBUS in badger's mapped files: as a
-// follower it falls behind while the other two commit; as the leader it
-// refuses the entries (never replicated, so the client is told they
-// failed), steps down, and the others go on. Given room again it catches
-// up, and every member applied the same log.
-func TestRaftMemberShortOfDisk(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs a 3-member raft cluster")
-	}
-	c := startTestCluster(t, true)
-	c.apply(50, 0)
-	c.converged(50)
-
-	// A follower's disk fills: the other two commit without it.
-	f := c.follower(c.leader())
-	fLast, _ := f.store.LastIndex()
-	f.free.Store(1 << 20)
-	c.apply(100, 50)
-	if last, _ := f.store.LastIndex(); last != fLast {
-		t.Fatalf("%s stored entries %d..%d with its disk below the reserve", f.id, fLast+1, last)
-	}
-	if count, _, _ := f.fsm.state(); count != 50 {
-		t.Fatalf("%s applied %d commands with its disk full, want the 50 from before", f.id, count)
-	}
-	if f.raft.State() == raft.Shutdown {
-		t.Fatalf("%s shut down", f.id)
-	}
-	f.free.Store(1 << 30)
-	c.converged(150)
-
-	// The leader's disk fills: it refuses, steps down, the others go on.
-	l := c.leader()
-	l.free.Store(0)
-	err := l.raft.Apply([]byte("cmd-refused"), 5*time.Second).Error()
-	if err == nil {
-		t.Fatalf("%s committed a command with its disk full", l.id)
-	}
-	if !errors.Is(err, diskspace.ErrLow) && !errors.Is(err, raft.ErrLeadershipLost) && !errors.Is(err, raft.ErrNotLeader) {
-		t.Fatalf("apply on %s with its disk full: %v", l.id, err)
-	}
-	c.apply(100, 150)
-	if nl := c.leader(); nl == l {
-		t.Fatalf("%s leads with its disk full", l.id)
-	}
-	l.free.Store(1 << 30)
-	c.converged(250)
-	if count, _, _ := l.fsm.state(); count != 250 {
-		t.Fatalf("%s applied %d commands", l.id, count)
-	}
-	for _, n := range c.nodes {
-		n.fsm.mu.Lock()
-		applied := n.fsm.seen["cmd-refused"]
-		n.fsm.mu.Unlock()
-		if applied {
-			t.Fatalf("%s applied the command its leader refused for want of disk", n.id)
-		}
 	}
 }

@@ -74,14 +74,6 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 	defer s.release()
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	// The store right after a tail truncation is not refused: raft
-	// already dropped the tail and must be able to store what replaces it
-	// (the deletes themselves can take the disk under the reserve).
-	if s.truncated {
-		s.truncated = false
-	} else if err := s.space.Check(); err != nil {
-		return err
-	}
 
 	// One allocation for every key and value: badger keeps references to
 	// them until the commit has been written.
@@ -166,20 +158,6 @@ func (s *Store) DeleteRange(minIdx, maxIdx uint64) error {
 	lo, hi := max(minIdx, first), min(maxIdx, last)
 	if lo > hi {
 		return nil
-	}
-	if hi == last {
-		// A follower truncates a conflicting suffix and then stores the
-		// leader's entries in their place. If the disk is too low for the
-		// store, refuse the truncation too: raft (v1.8 appendEntries)
-		// returns before either and keeps its view of the log, where a
-		// suffix deleted with nothing stored after it would leave raft
-		// believing in entries that are gone, and the follower stuck.
-		// Compaction (raft keeps TrailingLogs > 0 entries, so it never
-		// reaches the last one) frees space and goes on.
-		if err := s.space.Check(); err != nil {
-			return err
-		}
-		defer func() { s.truncated = true }()
 	}
 	topDown := hi == last
 	remaining := hi - lo + 1

@@ -30,7 +30,6 @@ import (
 	"github.com/dgraph-io/badger/v4/options"
 	"github.com/hashicorp/raft"
 
-	"github.com/wardsync/wardsync/node/diskspace"
 	"github.com/wardsync/wardsync/node/store"
 )
 
@@ -46,14 +45,6 @@ type Options struct {
 	// (AES, 16, 24 or 32 bytes). A store must always be reopened with the
 	// key it was created with.
 	EncryptionKey []byte
-	// Space, if set, makes StoreLogs refuse new entries (a
-	// *diskspace.LowError) while the disk has less than its reserve
-	// free. Raft treats that like any failed append: a follower answers
-	// the leader "not stored" and falls behind until there is room, a
-	// leader steps down. Both beat dying of SIGBUS in a mapped badger
-	// file when the disk fills. The stable store (term, vote) is not
-	// guarded: raft panics if it cannot save them, and they are tiny.
-	Space *diskspace.Guard
 }
 
 var (
@@ -96,9 +87,8 @@ var formatKey = []byte{prefixMeta, 'f', 'o', 'r', 'm', 'a', 't'}
 // Store is a raft.LogStore and raft.StableStore on badger. It is safe for
 // concurrent use.
 type Store struct {
-	db    *badger.DB
-	log   *slog.Logger
-	space *diskspace.Guard
+	db  *badger.DB
+	log *slog.Logger
 
 	// life is read-held by every badger operation and write-held by
 	// Close, so Close never races a transaction.
@@ -109,10 +99,7 @@ type Store struct {
 	// first/last indexes are always those of the committed log.
 	wmu   sync.Mutex
 	first atomic.Uint64 // 0 when the log is empty
-	// truncated: the log's tail was just dropped (guarded by wmu); the
-	// next StoreLogs skips the disk reserve check.
-	truncated bool
-	last      atomic.Uint64 // 0 when the log is empty
+	last  atomic.Uint64 // 0 when the log is empty
 
 	// vmu guards the staged LastVoteTerm (see stable.go).
 	vmu             sync.Mutex
@@ -187,7 +174,6 @@ func Open(o Options) (*Store, error) {
 	s := &Store{
 		db:     db,
 		log:    logger,
-		space:  o.Space,
 		stopGC: make(chan struct{}),
 		gcDone: make(chan struct{}),
 	}
