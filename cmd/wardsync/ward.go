@@ -101,7 +101,7 @@ func wardCommand() *cli.Command {
 const defaultMinFreeDisk = 256 << 20
 
 var minFreeDiskFlag = integer("min-free-disk",
-	"refuse writes (HTTP 503 disk_full) while the data dir's disk has less than `BYTES` free, rather than fill it (0: never refuse)",
+	"keep `BYTES` free on the data dir's disk: below that a ward refuses writes (HTTP 503 disk_full) and a city member refuses ward pushes and uploads (0: never refuse)",
 	"WARDSYNC_MIN_FREE_DISK", defaultMinFreeDisk)
 
 // clockOffsetFlag is --clock-offset, hidden from --help: it runs the node's

@@ -73,7 +73,7 @@ func (g *Guard) Free() (uint64, error) {
 }
 
 // Check returns a *LowError when the disk has less than the reserve free.
-// It asks the file system every time (one statfs, about a microsecond), so
+// It asks the file system every time (one statfs, a few microseconds), so
 // a node takes writes again as soon as space is freed. If the file system
 // cannot be asked, Check lets the write go on: the guard is a precaution,
 // and a failing statfs is no reason to stop an office.
