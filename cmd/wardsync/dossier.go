@@ -17,6 +17,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/wardsync/wardsync/node/diskspace"
 )
 
 func clientFlags(extra ...cli.Flag) []cli.Flag {
@@ -479,7 +481,7 @@ func printAttachments(w io.Writer, items []attachment) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "HASH\tNAME\tTYPE\tSIZE\tBY\tAT\tHERE\tUPLOADED")
 	for _, a := range items {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Hash, a.Name, a.Type, humanSize(a.Size), a.By.Name, a.At, yesNo(a.Here), yesNo(a.Uploaded))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Hash, a.Name, a.Type, diskspace.Bytes(uint64(max(a.Size, 0))), a.By.Name, a.At, yesNo(a.Here), yesNo(a.Uploaded))
 	}
 	tw.Flush()
 }
@@ -492,16 +494,6 @@ func yesNo(b *bool) string {
 		return "yes"
 	}
 	return "no"
-}
-
-func humanSize(n int64) string {
-	switch {
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }
 
 // dossierDownload writes an attachment to --out: to FILE.part first,
