@@ -62,10 +62,16 @@ type Config struct {
 	EncryptionKey      []byte
 	// MinFreeDisk is the free space below which this member takes no new
 	// ops from wards and no blobs (0: never refuse). Raft's own writes
-	// (log, snapshots, the FSM) are not refused: refusing appends left
-	// followers stalled for good in two chaos runs (docs/reliability.md,
-	// seeds 9100040 and 9200034), and a member must apply the log anyway.
+	// (log, snapshots, the FSM) are not refused: a member must apply the
+	// log like its peers, and refusing appends is untested since the
+	// pipeline deadlock it ran into was fixed (docs/reliability.md, seeds
+	// 9100040 and 9200034).
 	MinFreeDisk uint64
+
+	// wrapLogs, when set (by tests, through export_test.go), wraps the
+	// log store Raft writes to, so a test can make a member's appends
+	// fail the way a failing disk would.
+	wrapLogs func(raft.LogStore) raft.LogStore
 }
 
 // Cluster is one running member of the city cluster.
@@ -217,8 +223,21 @@ func Open(cfg Config) (*Cluster, error) {
 	c.fwd = newForwarder(c)
 	cfg.Endpoint.Handle(transport.ALPNRaft, c.layer.handle)
 	cfg.Endpoint.Handle(transport.ALPNSync, c.handleSync)
+	// MaxRPCsInFlight 1 turns raft's pipelined replication off. In raft
+	// v1.8 a pipeline deadlocks when a follower answers one append with
+	// Success=false (its log store failed, or the read timed out because
+	// it was paused or cut off for longer than Timeout) while new entries
+	// are waiting: the response reader has stopped, the transport's decoder
+	// blocks handing it the next answer, and the sender blocks handing the
+	// decoder its next request. The leader then never sends that follower
+	// another entry, and heartbeats (a separate path) keep it from calling
+	// an election, so nothing notices (hashicorp/raft#612; seeds 9100040
+	// and 9200034 in docs/reliability.md). Without the pipeline a failed
+	// append is retried with backoff and logged. The cost is one append in
+	// flight per follower, each carrying up to 64 entries of up to MaxBatch
+	// commands (docs/benchmarks.md).
 	c.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream: c.layer, MaxPool: 4, Timeout: 10 * time.Second, Logger: hlog,
+		Stream: c.layer, MaxPool: 4, MaxRPCsInFlight: 1, Timeout: 10 * time.Second, Logger: hlog,
 	})
 
 	rc := raft.DefaultConfig()
@@ -272,13 +291,17 @@ func Open(cfg Config) (*Cluster, error) {
 	} else if has && len(cfg.Bootstrap) > 0 {
 		log.Info("data dir has raft state; --bootstrap ignored")
 	}
-	r, err := raft.NewRaft(rc, c.fsm, logs, logs, snaps, c.trans)
+	var raftLogs raft.LogStore = logs
+	if cfg.wrapLogs != nil {
+		raftLogs = cfg.wrapLogs(logs)
+	}
+	r, err := raft.NewRaft(rc, c.fsm, raftLogs, logs, snaps, c.trans)
 	if err != nil {
 		c.closeStores()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
 	c.raft = r
-	for i := 0; i < 4; i++ { // a few entries in flight lets Raft pipeline
+	for i := 0; i < 4; i++ { // entries gather for the next append round while one is out
 		c.wg.Add(1)
 		go c.batcher()
 	}

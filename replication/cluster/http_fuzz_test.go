@@ -29,9 +29,7 @@ import (
 
 	"github.com/wardsync/wardsync/node"
 	"github.com/wardsync/wardsync/node/httpjson"
-	"github.com/wardsync/wardsync/ops/certs"
 	"github.com/wardsync/wardsync/replication/cluster"
-	"github.com/wardsync/wardsync/replication/transport"
 	"github.com/wardsync/wardsync/schema"
 )
 
@@ -47,63 +45,19 @@ type fuzzCity struct {
 // a member that was never bootstrapped nor joined: it has no leader, so
 // nothing it is asked to do can happen.
 func startFuzzCity(f *testing.F, bootstrap bool) *fuzzCity {
-	now := time.Now()
-	ca, err := certs.InitCA(filepath.Join(f.TempDir(), "ca"), "", certs.DefaultCAValidity, now)
-	if err != nil {
-		f.Fatal(err)
-	}
-	issue := func(id schema.PeerIdentity) tls.Certificate {
-		certPEM, keyPEM, err := ca.Issue(certs.IssueParams{Identity: id, Validity: 24 * time.Hour, Now: now, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
-		if err != nil {
-			f.Fatal(err)
-		}
-		kp, err := tls.X509KeyPair(certPEM, keyPEM)
-		if err != nil {
-			f.Fatal(err)
-		}
-		return kp
-	}
-	leaf := func(id schema.PeerIdentity) *x509.Certificate {
-		kp := issue(id)
-		c, err := x509.ParseCertificate(kp.Certificate[0])
-		if err != nil {
-			f.Fatal(err)
-		}
-		return c
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(ca.CertPEM()) {
-		f.Fatal("CA PEM")
-	}
-	ep, err := transport.New(transport.Config{Addr: "127.0.0.1:0", Cert: issue(schema.PeerIdentity{Role: schema.PeerCity, Node: "c1"}), CA: pool})
-	if err != nil {
-		f.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	epDone := make(chan struct{})
-	go func() { ep.Run(ctx); close(epDone) }()
+	ca := newTestCA(f)
+	ep := ca.endpoint("c1")
 	addr := ep.Addr().String()
-	cfg := cluster.Config{Dir: filepath.Join(f.TempDir(), "c1"), NodeID: "c1", Advertise: addr, Endpoint: ep,
-		HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond, LeaderLeaseTimeout: 100 * time.Millisecond}
+	cfg := cluster.Config{Dir: filepath.Join(f.TempDir(), "c1"), NodeID: "c1", Advertise: addr, Endpoint: ep}
 	if bootstrap {
 		cfg.Bootstrap = []raft.Server{{Suffrage: raft.Voter, ID: "c1", Address: raft.ServerAddress(addr)}}
 	}
-	c, err := cluster.Open(cfg)
-	if err != nil {
-		cancel()
-		f.Fatal(err)
-	}
-	f.Cleanup(func() {
-		c.Close()
-		cancel()
-		<-epDone
-		ep.Close()
-	})
+	c := openMember(f, cfg)
 	fc := &fuzzCity{c: c, h: c.Handler(), clients: map[schema.PeerRole]*x509.Certificate{
-		schema.PeerAdmin:  leaf(schema.PeerIdentity{Role: schema.PeerAdmin, Node: "ops"}),
-		schema.PeerPortal: leaf(schema.PeerIdentity{Role: schema.PeerPortal, Node: "web"}),
-		schema.PeerWard:   leaf(schema.PeerIdentity{Role: schema.PeerWard, Node: "w1", Wards: []string{fuzzWard()}}),
-		schema.PeerCity:   leaf(schema.PeerIdentity{Role: schema.PeerCity, Node: "c2"}),
+		schema.PeerAdmin:  ca.leaf(schema.PeerIdentity{Role: schema.PeerAdmin, Node: "ops"}),
+		schema.PeerPortal: ca.leaf(schema.PeerIdentity{Role: schema.PeerPortal, Node: "web"}),
+		schema.PeerWard:   ca.leaf(schema.PeerIdentity{Role: schema.PeerWard, Node: "w1", Wards: []string{fuzzWard()}}),
+		schema.PeerCity:   ca.leaf(schema.PeerIdentity{Role: schema.PeerCity, Node: "c2"}),
 	}}
 	if bootstrap {
 		deadline := time.Now().Add(20 * time.Second)
