@@ -23,6 +23,10 @@ var (
 	ErrClockDrift      = errors.New("clock drift beyond limit")
 	// ErrUnavailable is a temporary refusal (no leader, no quorum): retry.
 	ErrUnavailable = errors.New("unavailable")
+	// ErrOutcomeUnknown is a write whose answer was lost after it went on
+	// to be committed (the leader changed or stopped meanwhile): it may
+	// have been saved, so sending it again blindly could do it twice.
+	ErrOutcomeUnknown = errors.New("outcome unknown")
 )
 
 // FieldError says which input field is wrong and why.

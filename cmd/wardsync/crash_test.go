@@ -409,11 +409,25 @@ func TestCrashMidSnapshotRestore(t *testing.T) {
 	load := e.startPortal(4, func() []string { return others })
 	load.waitCount(t, 30, 30*time.Second)
 	e.members[follower].kill9()
+	killedAt := 0.0
+	for _, id := range others {
+		killedAt = max(killedAt, e.raftIndex(id, "last"))
+	}
 	// Threshold 40, trailing 10: 300 more submissions compact the log far
 	// past the follower. Every portal dossier is several keys, so the
 	// snapshot has well over a thousand entries and the crash at entry
 	// 200..599 is in its middle.
 	load.waitCount(t, 330, 60*time.Second)
+	// Snapshots run on a timer: on a loaded machine the others may not
+	// have compacted yet, and the follower would catch up from the log.
+	eventually(t, "the others' logs compacted past the follower", 30*time.Second, func() error {
+		for _, id := range others {
+			if s := e.raftIndex(id, "snapshot"); s <= killedAt+10 {
+				return fmt.Errorf("%s's last snapshot is at %v, the follower's log may end at %v", id, s, killedAt)
+			}
+		}
+		return nil
+	})
 	point := fmt.Sprintf("%s:%d", crashpoint.RestoreMid, 200+rng.IntN(400))
 	p := e.startArmed(follower, point)
 	p.waitCrashed(point, 30*time.Second)
@@ -892,4 +906,15 @@ func (e *cityEnv) cityCLI(member string, args ...string) (string, error) {
 	full = append(full, "--city", e.members[member].url, "--tls", filepath.Join(e.dir, "tls", "admin"))
 	out, err := exec.Command(wardsyncBin(e.t), full...).CombinedOutput()
 	return string(out), err
+}
+
+// raftIndex reads wardsync_city_raft_index{kind} from member id's metrics
+// (0 if it does not answer).
+func (e *cityEnv) raftIndex(id, kind string) float64 {
+	e.t.Helper()
+	code, page := e.call(e.admin, "GET", e.members[id].url+"/metrics", nil)
+	if code != http.StatusOK {
+		return 0
+	}
+	return metric(e.t, page, fmt.Sprintf("wardsync_city_raft_index{kind=%q}", kind))
 }

@@ -79,6 +79,11 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error, log *slog.Log
 		status, body = http.StatusConflict, Error{Code: "conflict", Message: err.Error()}
 	case errors.Is(err, schema.ErrTooLarge):
 		status, body = http.StatusRequestEntityTooLarge, Error{Code: "too_large", Message: err.Error()}
+	case errors.Is(err, schema.ErrOutcomeUnknown):
+		// Before ErrUnavailable, and not a 503: a 503 says nothing was
+		// saved, and a portal sending a create again would make a second
+		// dossier.
+		status, body = http.StatusGatewayTimeout, Error{Code: "outcome_unknown", Message: err.Error() + "; it may have been saved: look it up before sending it again"}
 	case errors.Is(err, schema.ErrUnavailable):
 		status, body = http.StatusServiceUnavailable, Error{Code: "unavailable", Message: err.Error() + "; retry shortly"}
 	case errors.Is(err, diskspace.ErrLow):

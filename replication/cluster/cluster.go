@@ -35,6 +35,15 @@ var (
 	ErrBootstrapArg = errors.New("cluster: bad bootstrap configuration")
 )
 
+// errMaybeApplied marks a failed attempt that may still take effect: Raft
+// had the entry when leadership was lost or it shut down, or a forwarded
+// request went out and its answer never came back. Propose tries such a
+// command again (the FSM takes a command proposed again as done once:
+// pushed ops by their IDs, a portal create by its dossier ID and clock),
+// and if it gives up, answers schema.ErrOutcomeUnknown rather than a
+// refusal, which would tell the client that nothing was saved.
+var errMaybeApplied = errors.New("it may have been carried out")
+
 // Config configures one member.
 type Config struct {
 	Dir       string
@@ -344,16 +353,20 @@ func (c *Cluster) closeStores() {
 	c.logs.Close()
 }
 
-// Close leaves Raft running state cleanly: it stops the batchers, shuts
-// Raft down (a leader steps down), then closes the stores. Idempotent.
+// Close leaves Raft running state cleanly: it stops taking proposals,
+// shuts Raft down (a leader steps down), waits for the batchers, then
+// closes the stores. Idempotent. Raft goes down before the batchers are
+// waited for: a batcher may be waiting on an entry that cannot commit
+// (followers that answer heartbeats but refuse appends keep the leader
+// in office), and Raft's shutdown is what fails it.
 func (c *Cluster) Close() error {
 	var err error
 	c.once.Do(func() {
 		close(c.quit)
-		c.wg.Wait()
 		if c.raft != nil {
 			err = c.raft.Shutdown().Error()
 		}
+		c.wg.Wait()
 		c.trans.Close()
 		c.layer.Close()
 		c.fwd.close()
@@ -491,7 +504,7 @@ func (c *Cluster) propose(ctx context.Context, cmd Command) (Result, error) {
 	select {
 	case <-p.done:
 	case <-c.quit:
-		return Result{}, ErrShutdown
+		return Result{}, fmt.Errorf("%w (%w)", ErrShutdown, errMaybeApplied)
 	}
 	c.m.commitLatency.Observe(time.Since(start).Seconds())
 	return p.res, p.err
@@ -544,17 +557,24 @@ func (c *Cluster) commitBatch(batch []*proposal) {
 	}
 	f := c.raft.Apply(data, 10*time.Second)
 	if err := f.Error(); err != nil {
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+		switch {
+		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout):
+			// Refused before the entry was appended.
 			err = fmt.Errorf("%w: %v", ErrNotLeader, err)
-		} else if errors.Is(err, raft.ErrRaftShutdown) {
-			err = ErrShutdown
+		case errors.Is(err, raft.ErrLeadershipLost):
+			// Appended here, maybe on others: the next leader may commit it.
+			err = fmt.Errorf("%w (%w): %v", ErrNotLeader, errMaybeApplied, err)
+		case errors.Is(err, raft.ErrRaftShutdown):
+			err = fmt.Errorf("%w (%w)", ErrShutdown, errMaybeApplied)
+		default:
+			err = fmt.Errorf("%w: %v", errMaybeApplied, err)
 		}
 		finish(err)
 		return
 	}
 	res, ok := f.Response().(*entryResult)
 	if !ok || res.Err != nil || len(res.Results) != len(batch) {
-		finish(fmt.Errorf("cluster: entry %d was not applied as proposed", f.Index()))
+		finish(fmt.Errorf("cluster: entry %d was not applied as proposed (%w)", f.Index(), errMaybeApplied))
 		return
 	}
 	for i, p := range batch {
@@ -567,6 +587,7 @@ func (c *Cluster) commitBatch(batch []*proposal) {
 // a follower forwards it to the leader over QUIC. It retries while an
 // election runs, until ctx ends.
 func (c *Cluster) Propose(ctx context.Context, cmd Command) (Result, error) {
+	var maybe error // the first attempt that may still take effect
 	for attempt := 0; ; attempt++ {
 		var res Result
 		var err error
@@ -575,17 +596,32 @@ func (c *Cluster) Propose(ctx context.Context, cmd Command) (Result, error) {
 		} else {
 			res, err = c.fwd.propose(ctx, cmd)
 		}
-		if err == nil || !(errors.Is(err, ErrNotLeader) || errors.Is(err, ErrNoLeader)) {
-			return res, err
+		if err == nil {
+			return res, nil
+		}
+		if maybe == nil && errors.Is(err, errMaybeApplied) {
+			maybe = err
+		}
+		if !(errors.Is(err, ErrNotLeader) || errors.Is(err, ErrNoLeader)) {
+			return Result{}, outcome(err, maybe)
 		}
 		select {
 		case <-ctx.Done():
-			return Result{}, fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+			return Result{}, outcome(fmt.Errorf("%w (last: %v)", ctx.Err(), err), maybe)
 		case <-c.quit:
-			return Result{}, ErrShutdown
+			return Result{}, outcome(ErrShutdown, maybe)
 		case <-time.After(min(50*time.Millisecond*time.Duration(attempt+1), time.Second)):
 		}
 	}
+}
+
+// outcome is Propose's answer when it gives up with err: a refusal,
+// unless an attempt (maybe) may still take effect; then nobody knows.
+func outcome(err, maybe error) error {
+	if maybe == nil {
+		return err
+	}
+	return fmt.Errorf("%w: %v, after an attempt that may still take effect (%v)", schema.ErrOutcomeUnknown, err, maybe)
 }
 
 // NewDossierID mints a dossier ID at this member (sortable, unique).

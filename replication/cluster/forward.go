@@ -133,7 +133,10 @@ func (c *Cluster) serveCluster(ctx context.Context, conn *transport.Conn, s io.R
 	if err != nil {
 		res.Err = err.Error()
 		res.Code = wire.CodeFor(err)
-		if errors.Is(err, ErrNotLeader) {
+		switch {
+		case errors.Is(err, errMaybeApplied): // before ErrNotLeader: the leadership was lost after appending
+			res.Code = wire.CodeOutcomeUnknown
+		case errors.Is(err, ErrNotLeader):
 			res.Code = wire.CodeNotLeader
 		}
 	}
@@ -328,8 +331,8 @@ const leaderGone = time.Second
 // leader: a dead leader's connection would otherwise hold the request
 // until QUIC's idle timeout (30 s), and with it every ward push forwarded
 // through this member. This is the same retry as after a lost answer: the
-// FSM skips pushed ops it already holds, and refuses a portal create whose
-// dossier ID exists rather than make it twice.
+// FSM skips pushed ops it already holds, and answers a portal create
+// proposed again as done rather than make it twice.
 func (f *forwarder) call(ctx context.Context, req rpc) ([]byte, error) {
 	_, addr := f.c.Leader()
 	if addr == "" {
@@ -363,7 +366,7 @@ func (f *forwarder) call(ctx context.Context, req rpc) ([]byte, error) {
 	if err != nil && ctx.Err() == nil {
 		select {
 		case <-moved:
-			return nil, fmt.Errorf("%w: leadership moved away from %s during the request", ErrNoLeader, addr)
+			return nil, fmt.Errorf("%w (%w): leadership moved away from %s during the request", ErrNoLeader, errMaybeApplied, addr)
 		default:
 		}
 	}
@@ -395,17 +398,22 @@ func (f *forwarder) callAt(ctx context.Context, addr string, req rpc) ([]byte, e
 	if err := wire.WriteMsg(s, &wire.Hello{Proto: wire.ProtoCluster, Node: f.c.cfg.NodeID, Versions: []uint8{wire.Version}}); err != nil {
 		return nil, err
 	}
+	// From here on the leader may have the request: a lost answer is no
+	// refusal.
 	if err := wire.WriteMsg(s, &wire.Forward{Command: body}); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (%w): %v", ErrNoLeader, errMaybeApplied, err)
 	}
 	msg, err := wire.NewReader(s, maxRPCFrame).Read()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNoLeader, err)
+		return nil, fmt.Errorf("%w (%w): %v", ErrNoLeader, errMaybeApplied, err)
 	}
 	switch m := msg.(type) {
 	case *wire.ForwardResult:
-		if m.Code == wire.CodeNotLeader {
+		switch m.Code {
+		case wire.CodeNotLeader:
 			return nil, ErrNotLeader
+		case wire.CodeOutcomeUnknown:
+			return nil, fmt.Errorf("%w (%w): %s", ErrNotLeader, errMaybeApplied, m.Err)
 		}
 		if m.Err != "" {
 			return nil, errors.New(m.Err)

@@ -290,6 +290,10 @@ func (c *Cluster) handlePortal(w http.ResponseWriter, r *http.Request, who schem
 		time.Sleep(100 * time.Millisecond)
 		res, err = c.Propose(ctx, cmd)
 	}
+	if errors.Is(err, schema.ErrOutcomeUnknown) {
+		// The dossier's ID is how the portal finds out.
+		return fmt.Errorf("dossier %s (GET /v1/dossiers/%[1]s says whether it was saved): %w", cmd.Portal.Dossier, err)
+	}
 	if err != nil {
 		return unavailable(err)
 	}
@@ -323,7 +327,8 @@ func resultErr(res Result) error {
 // unavailable marks cluster-state errors (no leader, no quorum) so the
 // client sees 503 and retries, rather than a 500.
 func unavailable(err error) error {
-	if errors.Is(err, schema.ErrInvalid) || errors.Is(err, schema.ErrNotFound) || errors.Is(err, schema.ErrConflict) || errors.Is(err, schema.ErrForbidden) {
+	if errors.Is(err, schema.ErrInvalid) || errors.Is(err, schema.ErrNotFound) || errors.Is(err, schema.ErrConflict) || errors.Is(err, schema.ErrForbidden) ||
+		errors.Is(err, schema.ErrOutcomeUnknown) {
 		return err
 	}
 	return fmt.Errorf("%w: %v", schema.ErrUnavailable, err)

@@ -76,12 +76,17 @@ func (c *raftCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(raftIndexDesc, prometheus.GaugeValue, float64(r.LastIndex()), "last")
 	ch <- prometheus.MustNewConstMetric(raftIndexDesc, prometheus.GaugeValue, float64(commit), "commit")
 	ch <- prometheus.MustNewConstMetric(raftIndexDesc, prometheus.GaugeValue, float64(applied), "applied")
+	stats := r.Stats()
+	if s, err := strconv.ParseFloat(stats["last_snapshot_index"], 64); err == nil {
+		// The log before it (less the trailing logs) is gone: a member
+		// further behind is sent a snapshot.
+		ch <- prometheus.MustNewConstMetric(raftIndexDesc, prometheus.GaugeValue, s, "snapshot")
+	}
 	lag := 0.0
 	if commit > applied {
 		lag = float64(commit - applied)
 	}
 	ch <- prometheus.MustNewConstMetric(raftApplyLag, prometheus.GaugeValue, lag)
-	stats := r.Stats()
 	if t, err := strconv.ParseFloat(stats["term"], 64); err == nil {
 		ch <- prometheus.MustNewConstMetric(raftTermDesc, prometheus.GaugeValue, t)
 	}

@@ -47,7 +47,7 @@ type testMember struct {
 
 // startTestCity opens a city of n members on loopback QUIC, each with a
 // log store the test can make refuse appends, and waits for a leader.
-func startTestCity(t *testing.T, n int) []*testMember {
+func startTestCity(t *testing.T, n int) (*testCA, []*testMember) {
 	ca := newTestCA(t)
 	members := make([]*testMember, n)
 	var servers []raft.Server
@@ -70,7 +70,7 @@ func startTestCity(t *testing.T, n int) []*testMember {
 		m.c = openMember(t, cfgs[i])
 	}
 	leaderOf(t, members)
-	return members
+	return ca, members
 }
 
 // leaderOf waits for a member that leads.
@@ -110,7 +110,7 @@ func TestFollowerCatchesUpAfterARefusedAppend(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-member city")
 	}
-	members := startTestCity(t, 3)
+	_, members := startTestCity(t, 3)
 	next := 0
 	for round := range 8 {
 		leader := leaderOf(t, members)

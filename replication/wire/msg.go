@@ -130,6 +130,7 @@ const (
 	CodeConflict       = "conflict"        // schema.ErrConflict
 	CodeNotLeader      = "not_leader"      // this member cannot commit; see Redirect
 	CodeUnavailable    = "unavailable"     // shutting down, overloaded: retry later
+	CodeOutcomeUnknown = "outcome_unknown" // schema.ErrOutcomeUnknown: it may have been applied
 	CodeInternal       = "internal"
 )
 
@@ -205,6 +206,8 @@ func CodeFor(err error) string {
 		return CodeConflict
 	case errors.Is(err, diskspace.ErrLow):
 		return CodeUnavailable // nothing stored; the sender tries again later
+	case errors.Is(err, schema.ErrOutcomeUnknown):
+		return CodeOutcomeUnknown
 	}
 	return CodeInternal
 }

@@ -632,3 +632,13 @@ func BenchmarkOpBatch(b *testing.B) {
 		})
 	}
 }
+
+// A ward whose push went on to be committed but was not answered hears
+// outcome_unknown, not internal: it pushes the same ops again, which the
+// city takes once.
+func TestCodeForOutcomeUnknown(t *testing.T) {
+	err := fmt.Errorf("%w: the leader stopped before answering", schema.ErrOutcomeUnknown)
+	if got := CodeFor(err); got != CodeOutcomeUnknown {
+		t.Fatalf("CodeFor = %q, want %q", got, CodeOutcomeUnknown)
+	}
+}
