@@ -284,6 +284,7 @@ func TestClassify(t *testing.T) {
 		{reply{code: 409}, nil, refused},
 		{reply{code: 503}, nil, failed},
 		{reply{code: 500}, nil, unknown},
+		{reply{code: 504}, nil, unknown}, // outcome_unknown: the city may have saved it
 		{reply{}, context.DeadlineExceeded, unknown},
 	} {
 		if got := classify(c.r, c.err); got != c.want {

@@ -73,8 +73,8 @@ type Config struct {
 	// ops from wards and no blobs (0: never refuse). Raft's own writes
 	// (log, snapshots, the FSM) are not refused: a member must apply the
 	// log like its peers, and refusing appends is untested since the
-	// pipeline deadlock it ran into was fixed (docs/reliability.md, seeds
-	// 9100040 and 9200034).
+	// pipeline deadlock it ran into was avoided by turning pipelining off
+	// (docs/reliability.md, seeds 9100040 and 9200034).
 	MinFreeDisk uint64
 
 	// wrapLogs, when set (by tests, through export_test.go), wraps the
@@ -85,27 +85,31 @@ type Config struct {
 
 // Cluster is one running member of the city cluster.
 type Cluster struct {
-	cfg    Config
-	log    *slog.Logger
-	raft   *raft.Raft
-	logs   *raftlog.Store
-	st     *store.Store
-	space  *diskspace.Guard
-	layer  *streamLayer
-	trans  *raft.NetworkTransport
-	fsm    *fsm
-	m      *metrics
-	clock  *schema.Clock
-	props  chan *proposal
-	quit   chan struct{}
-	wg     sync.WaitGroup
-	once   sync.Once
-	fwd    *forwarder
-	protos map[string]ProtoHandler
-	hub    *changeHub
-	infos  map[string]func() ([]byte, error)
-	wards  func(context.Context) (any, error)
-	routes []extraRoute
+	cfg   Config
+	log   *slog.Logger
+	raft  *raft.Raft
+	logs  *raftlog.Store
+	st    *store.Store
+	space *diskspace.Guard
+	layer *streamLayer
+	trans *raft.NetworkTransport
+	fsm   *fsm
+	m     *metrics
+	clock *schema.Clock
+	props chan *proposal
+	quit  chan struct{}
+	// raftDown closes once Raft has shut down: a batcher stops waiting
+	// for its entry then, since Raft may never answer an entry it had
+	// queued for the FSM.
+	raftDown chan struct{}
+	wg       sync.WaitGroup
+	once     sync.Once
+	fwd      *forwarder
+	protos   map[string]ProtoHandler
+	hub      *changeHub
+	infos    map[string]func() ([]byte, error)
+	wards    func(context.Context) (any, error)
+	routes   []extraRoute
 
 	ulidMu  sync.Mutex
 	entropy *ulid.MonotonicEntropy
@@ -216,7 +220,7 @@ func Open(cfg Config) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{cfg: cfg, log: log, logs: logs, st: st, space: space, props: make(chan *proposal, 4*cfg.MaxBatch),
-		quit: make(chan struct{}), entropy: ulid.Monotonic(rand.Reader, 0), protos: map[string]ProtoHandler{}, infos: map[string]func() ([]byte, error){}}
+		quit: make(chan struct{}), raftDown: make(chan struct{}), entropy: ulid.Monotonic(rand.Reader, 0), protos: map[string]ProtoHandler{}, infos: map[string]func() ([]byte, error){}}
 	c.m = newMetrics(cfg.Registry, func() *raft.Raft { return c.raft })
 	cfg.Registry.MustRegister(c.space.Collectors()...)
 	c.hub = newChangeHub()
@@ -366,6 +370,7 @@ func (c *Cluster) Close() error {
 		if c.raft != nil {
 			err = c.raft.Shutdown().Error()
 		}
+		close(c.raftDown)
 		c.wg.Wait()
 		c.trans.Close()
 		c.layer.Close()
@@ -556,10 +561,18 @@ func (c *Cluster) commitBatch(batch []*proposal) {
 		return
 	}
 	f := c.raft.Apply(data, 10*time.Second)
-	if err := f.Error(); err != nil {
+	answered := make(chan error, 1)
+	go func() { answered <- f.Error() }()
+	select {
+	case err = <-answered:
+	case <-c.raftDown:
+		err = raft.ErrRaftShutdown
+	}
+	if err != nil {
 		switch {
-		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout):
-			// Refused before the entry was appended.
+		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout),
+			errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrAbortedByRestore):
+			// Refused before the entry was appended: try the (next) leader.
 			err = fmt.Errorf("%w: %v", ErrNotLeader, err)
 		case errors.Is(err, raft.ErrLeadershipLost):
 			// Appended here, maybe on others: the next leader may commit it.

@@ -136,7 +136,8 @@ func (c *Cluster) serveCluster(ctx context.Context, conn *transport.Conn, s io.R
 		switch {
 		case errors.Is(err, errMaybeApplied): // before ErrNotLeader: the leadership was lost after appending
 			res.Code = wire.CodeOutcomeUnknown
-		case errors.Is(err, ErrNotLeader):
+		case errors.Is(err, ErrNotLeader), errors.Is(err, ErrShutdown):
+			// Not taken: the follower tries the next leader.
 			res.Code = wire.CodeNotLeader
 		}
 	}
@@ -366,7 +367,10 @@ func (f *forwarder) call(ctx context.Context, req rpc) ([]byte, error) {
 	if err != nil && ctx.Err() == nil {
 		select {
 		case <-moved:
-			return nil, fmt.Errorf("%w (%w): leadership moved away from %s during the request", ErrNoLeader, errMaybeApplied, addr)
+			if errors.Is(err, errMaybeApplied) { // the request had gone out
+				return nil, fmt.Errorf("%w (%w): leadership moved away from %s during the request", ErrNoLeader, errMaybeApplied, addr)
+			}
+			return nil, fmt.Errorf("%w: leadership moved away from %s before the request went out", ErrNoLeader, addr)
 		default:
 		}
 	}

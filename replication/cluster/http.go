@@ -292,7 +292,7 @@ func (c *Cluster) handlePortal(w http.ResponseWriter, r *http.Request, who schem
 	}
 	if errors.Is(err, schema.ErrOutcomeUnknown) {
 		// The dossier's ID is how the portal finds out.
-		return fmt.Errorf("dossier %s (GET /v1/dossiers/%[1]s says whether it was saved): %w", cmd.Portal.Dossier, err)
+		return fmt.Errorf("dossier %s (look it up on the leader: GET /v1/dossiers/%[1]s): %w", cmd.Portal.Dossier, err)
 	}
 	if err != nil {
 		return unavailable(err)

@@ -633,9 +633,9 @@ func BenchmarkOpBatch(b *testing.B) {
 	}
 }
 
-// A ward whose push went on to be committed but was not answered hears
-// outcome_unknown, not internal: it pushes the same ops again, which the
-// city takes once.
+// A request the city may have carried out without answering (a ward's
+// lease release, say) is refused with outcome_unknown, not internal: the
+// ward sends it again, which the city takes once.
 func TestCodeForOutcomeUnknown(t *testing.T) {
 	err := fmt.Errorf("%w: the leader stopped before answering", schema.ErrOutcomeUnknown)
 	if got := CodeFor(err); got != CodeOutcomeUnknown {
