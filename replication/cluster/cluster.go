@@ -44,6 +44,16 @@ var (
 // refusal, which would tell the client that nothing was saved.
 var errMaybeApplied = errors.New("it may have been carried out")
 
+// maybeApplied is kind (ErrNotLeader, ErrNoLeader, ErrShutdown: what
+// Propose decides its retry on) for an attempt that may still take
+// effect; detail, if not nil, says what happened.
+func maybeApplied(kind error, detail any) error {
+	if detail == nil {
+		return fmt.Errorf("%w (%w)", kind, errMaybeApplied)
+	}
+	return fmt.Errorf("%w (%w): %v", kind, errMaybeApplied, detail)
+}
+
 // Config configures one member.
 type Config struct {
 	Dir       string
@@ -362,7 +372,8 @@ func (c *Cluster) closeStores() {
 // closes the stores. Idempotent. Raft goes down before the batchers are
 // waited for: a batcher may be waiting on an entry that cannot commit
 // (followers that answer heartbeats but refuse appends keep the leader
-// in office), and Raft's shutdown is what fails it.
+// in office) or that Raft will never answer, and raftDown, closed after
+// the shutdown, is what ends that wait.
 func (c *Cluster) Close() error {
 	var err error
 	c.once.Do(func() {
@@ -509,7 +520,7 @@ func (c *Cluster) propose(ctx context.Context, cmd Command) (Result, error) {
 	select {
 	case <-p.done:
 	case <-c.quit:
-		return Result{}, fmt.Errorf("%w (%w)", ErrShutdown, errMaybeApplied)
+		return Result{}, maybeApplied(ErrShutdown, nil)
 	}
 	c.m.commitLatency.Observe(time.Since(start).Seconds())
 	return p.res, p.err
@@ -576,9 +587,9 @@ func (c *Cluster) commitBatch(batch []*proposal) {
 			err = fmt.Errorf("%w: %v", ErrNotLeader, err)
 		case errors.Is(err, raft.ErrLeadershipLost):
 			// Appended here, maybe on others: the next leader may commit it.
-			err = fmt.Errorf("%w (%w): %v", ErrNotLeader, errMaybeApplied, err)
+			err = maybeApplied(ErrNotLeader, err)
 		case errors.Is(err, raft.ErrRaftShutdown):
-			err = fmt.Errorf("%w (%w)", ErrShutdown, errMaybeApplied)
+			err = maybeApplied(ErrShutdown, nil)
 		default:
 			err = fmt.Errorf("%w: %v", errMaybeApplied, err)
 		}

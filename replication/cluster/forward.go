@@ -368,7 +368,7 @@ func (f *forwarder) call(ctx context.Context, req rpc) ([]byte, error) {
 		select {
 		case <-moved:
 			if errors.Is(err, errMaybeApplied) { // the request had gone out
-				return nil, fmt.Errorf("%w (%w): leadership moved away from %s during the request", ErrNoLeader, errMaybeApplied, addr)
+				return nil, maybeApplied(ErrNoLeader, "leadership moved away from "+addr+" during the request")
 			}
 			return nil, fmt.Errorf("%w: leadership moved away from %s before the request went out", ErrNoLeader, addr)
 		default:
@@ -405,11 +405,11 @@ func (f *forwarder) callAt(ctx context.Context, addr string, req rpc) ([]byte, e
 	// From here on the leader may have the request: a lost answer is no
 	// refusal.
 	if err := wire.WriteMsg(s, &wire.Forward{Command: body}); err != nil {
-		return nil, fmt.Errorf("%w (%w): %v", ErrNoLeader, errMaybeApplied, err)
+		return nil, maybeApplied(ErrNoLeader, err)
 	}
 	msg, err := wire.NewReader(s, maxRPCFrame).Read()
 	if err != nil {
-		return nil, fmt.Errorf("%w (%w): %v", ErrNoLeader, errMaybeApplied, err)
+		return nil, maybeApplied(ErrNoLeader, err)
 	}
 	switch m := msg.(type) {
 	case *wire.ForwardResult:
@@ -417,7 +417,7 @@ func (f *forwarder) callAt(ctx context.Context, addr string, req rpc) ([]byte, e
 		case wire.CodeNotLeader:
 			return nil, ErrNotLeader
 		case wire.CodeOutcomeUnknown:
-			return nil, fmt.Errorf("%w (%w): %s", ErrNotLeader, errMaybeApplied, m.Err)
+			return nil, maybeApplied(ErrNotLeader, m.Err)
 		}
 		if m.Err != "" {
 			return nil, errors.New(m.Err)

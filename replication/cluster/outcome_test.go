@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -51,11 +52,10 @@ func TestPortalCreateWhoseLeaderStoppedIsOutcomeUnknown(t *testing.T) {
 	before := leader.c.Raft().LastIndex()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	answer := make(chan *httpjsonAnswer, 1)
+	answer := make(chan *httptest.ResponseRecorder, 1)
 	go func() {
 		body, _ := json.Marshal(portalBody(2))
-		r := fc.serve(ctx, schema.PeerPortal, "POST", "/v1/dossiers", body)
-		answer <- &httpjsonAnswer{code: r.Code, body: r.Body.String()}
+		answer <- fc.serve(ctx, schema.PeerPortal, "POST", "/v1/dossiers", body)
 	}()
 	deadline := time.Now().Add(5 * time.Second)
 	for leader.c.Raft().LastIndex() == before {
@@ -70,19 +70,14 @@ func TestPortalCreateWhoseLeaderStoppedIsOutcomeUnknown(t *testing.T) {
 
 	a := <-answer
 	var e struct{ Error httpjson.Error }
-	if err := json.Unmarshal([]byte(a.body), &e); err != nil {
-		t.Fatalf("answer %d is not a JSON error: %s", a.code, a.body)
+	if err := json.Unmarshal(a.Body.Bytes(), &e); err != nil {
+		t.Fatalf("answer %d is not a JSON error: %s", a.Code, a.Body)
 	}
-	if a.code != http.StatusGatewayTimeout || e.Error.Code != "outcome_unknown" {
+	if a.Code != http.StatusGatewayTimeout || e.Error.Code != "outcome_unknown" {
 		t.Fatalf("a create whose leader stopped after taking it answered %d %s (%s); want 504 outcome_unknown: a 503 says nothing was saved",
-			a.code, e.Error.Code, e.Error.Message)
+			a.Code, e.Error.Code, e.Error.Message)
 	}
 	if !strings.Contains(e.Error.Message, "GET /v1/dossiers/") {
 		t.Fatalf("the answer does not name the dossier to look up: %s", e.Error.Message)
 	}
-}
-
-type httpjsonAnswer struct {
-	code int
-	body string
 }
