@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/wardsync/wardsync/replication/faultproxy"
@@ -576,14 +577,22 @@ func (d *driver) newMember(id string) (*member, error) {
 	if err != nil {
 		return nil, err
 	}
-	listen, err := d.ports.addr()
-	if err != nil {
-		return nil, err
-	}
 	if err := d.mesh.register(id, quic); err != nil {
 		return nil, err
 	}
-	mp, err := newMeshProxy(d.mesh, id, listen, quic, d.log)
+	// A port found free a moment ago can be taken by the time the proxy
+	// binds it (seen once, at the start of a campaign: seed 9800002), so
+	// a lost race draws another port instead of failing the run.
+	var mp *meshProxy
+	for range 5 {
+		var listen string
+		if listen, err = d.ports.addr(); err != nil {
+			return nil, err
+		}
+		if mp, err = newMeshProxy(d.mesh, id, listen, quic, d.log); !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
