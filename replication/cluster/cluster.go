@@ -272,6 +272,13 @@ func Open(cfg Config) (*Cluster, error) {
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.SnapshotInterval = cfg.SnapshotInterval
 	rc.TrailingLogs = cfg.TrailingLogs
+	// A leader that commits its own removal steps down and stays a
+	// follower, as a removed follower does, instead of shutting its Raft
+	// down: out of the configuration it calls no election, and if it is
+	// added back (a removal whose answer was lost, undone) it takes part
+	// again. Shut down, it ran on with no leader until restarted (chaos
+	// seed 9800041, TestLeaderRemovedAndAddedBackCatchesUp).
+	rc.ShutdownOnRemove = false
 	// The FSM is on disk and remembers what it applied; restoring the last
 	// snapshot at every start would only throw that away. Unless a restore
 	// was cut short, or the FSM is behind the newest snapshot (raft would

@@ -40,9 +40,9 @@ func (l *refusingLogs) StoreLogs(es []*raft.Log) error {
 }
 
 type testMember struct {
-	id   string
-	c    *cluster.Cluster
-	logs *refusingLogs
+	id, addr string
+	c        *cluster.Cluster
+	logs     *refusingLogs
 }
 
 // startTestCity opens a city of n members on loopback QUIC, each with a
@@ -57,6 +57,7 @@ func startTestCity(t *testing.T, n int) (*testCA, []*testMember) {
 		members[i] = m
 		ep := ca.endpoint(m.id)
 		addr := ep.Addr().String()
+		m.addr = addr
 		servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.id), Address: raft.ServerAddress(addr)})
 		// Timeouts a busy 2-core machine under -race does not trip
 		// over, so the leader stays put and the test sees replication.
@@ -164,5 +165,51 @@ func TestFollowerCatchesUpAfterARefusedAppend(t *testing.T) {
 				time.Sleep(10 * time.Millisecond)
 			}
 		}
+	}
+}
+
+// A leader removed from the city (say the removal's answer was lost, and
+// the operator, finding it gone, adds it back while it still runs) must
+// take part again once added back, as a removed follower does. Raft's
+// default shuts a leader's Raft down when it commits its own removal, so
+// it stayed up, healthy to its supervisor, with no leader for good (chaos
+// seed 9800041).
+func TestLeaderRemovedAndAddedBackCatchesUp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a 3-member city")
+	}
+	_, members := startTestCity(t, 3)
+	old := leaderOf(t, members)
+	for i := range 20 {
+		if _, err := old.c.Propose(t.Context(), portalCmd(old.c, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := old.c.RemoveServer(t.Context(), old.id); err != nil {
+		t.Fatalf("removing the leader %s: %v", old.id, err)
+	}
+	var rest []*testMember
+	for _, m := range members {
+		if m != old {
+			rest = append(rest, m)
+		}
+	}
+	leader := leaderOf(t, rest)
+	if err := leader.c.AddVoter(t.Context(), old.id, old.addr); err != nil {
+		t.Fatalf("adding %s back: %v", old.id, err)
+	}
+	for i := range 20 {
+		if _, err := leader.c.Propose(t.Context(), portalCmd(leader.c, 1000+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := leader.c.Raft().CommitIndex()
+	deadline := time.Now().Add(20 * time.Second)
+	for old.c.Raft().AppliedIndex() < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s, removed while it led and added back, applied up to %d of the %d the leader %s committed (raft state %s)",
+				old.id, old.c.Raft().AppliedIndex(), want, leader.id, old.c.Raft().State())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
