@@ -592,6 +592,7 @@ func (d *driver) newMember(id string) (*member, error) {
 		if mp, err = newMeshProxy(d.mesh, id, listen, quic, d.log); !errors.Is(err, syscall.EADDRINUSE) {
 			break
 		}
+		d.log.Warn("chaos: a member's mesh proxy lost its port; drawing another", "member", id, "err", err)
 	}
 	if err != nil {
 		return nil, err
