@@ -172,8 +172,8 @@ func TestFollowerCatchesUpAfterARefusedAppend(t *testing.T) {
 // the operator, finding it gone, adds it back while it still runs) must
 // take part again once added back, as a removed follower does. Raft's
 // default shuts a leader's Raft down when it commits its own removal, so
-// it stayed up, healthy to its supervisor, with no leader for good (chaos
-// seed 9800041).
+// its process ran on, a member again, with no Raft to take the leader's
+// appends (chaos seed 9800041).
 func TestLeaderRemovedAndAddedBackCatchesUp(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-member city")
