@@ -23,8 +23,8 @@ var (
 	ErrClockDrift      = errors.New("clock drift beyond limit")
 	// ErrUnavailable is a temporary refusal (no leader, no quorum): retry.
 	ErrUnavailable = errors.New("unavailable")
-	// ErrOutcomeUnknown is a write whose answer was lost after it went on
-	// to be committed (the leader changed or stopped meanwhile): it may
+	// ErrOutcomeUnknown is a write whose answer was lost once it could go
+	// on to be committed (the leader changed or stopped meanwhile): it may
 	// have been saved, so sending it again blindly could do it twice.
 	ErrOutcomeUnknown = errors.New("outcome unknown")
 )

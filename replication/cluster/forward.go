@@ -368,7 +368,7 @@ func (f *forwarder) call(ctx context.Context, req rpc) ([]byte, error) {
 		select {
 		case <-moved:
 			if errors.Is(err, errMaybeApplied) { // the request had gone out
-				return nil, maybeApplied(ErrNoLeader, "leadership moved away from "+addr+" during the request")
+				return nil, maybeApplied(ErrNoLeader, fmt.Sprintf("leadership moved away from %s during the request: %v", addr, err))
 			}
 			return nil, fmt.Errorf("%w: leadership moved away from %s before the request went out", ErrNoLeader, addr)
 		default:
